@@ -1,0 +1,61 @@
+"""One exception hierarchy for the whole package.
+
+Callers decide between "retry later" and "give up and tell a person" by the class
+alone, so every boundary (Manager, broker, payload) maps its failures onto these.
+Messages name the call and the status, never a credential.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class SettingsError(OrchestratorError):
+    """A required setting is missing or malformed; the worker must not start."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.name = name
+        self.problem = problem
+        super().__init__(f"setting {name}: {problem}")
+
+
+class InvalidRequest(OrchestratorError):
+    """The orchestration payload cannot be processed; it is dead-lettered."""
+
+    def __init__(self, field: str | None, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        where = f"field '{field}'" if field else "payload"
+        super().__init__(f"invalid orchestration request: {where} {problem}")
+
+
+class ManagerError(OrchestratorError):
+    """A call to the Manager failed. `call` is e.g. ``GET /workflows/{id}``."""
+
+    def __init__(self, call: str, status: int | None, detail: str = "") -> None:
+        self.call = call
+        self.status = status
+        self.detail = detail
+        answered = f"answered {status}" if status is not None else "failed"
+        text = f"Manager call {call} {answered}"
+        if detail:
+            text += f": {detail}"
+        super().__init__(text)
+
+
+class ManagerTransientError(ManagerError):
+    """Transport error, timeout, 5xx or 429: worth retrying with backoff."""
+
+
+class ManagerPermanentError(ManagerError):
+    """Any other 4xx: retrying will not help."""
+
+
+class ManagerNotFound(ManagerPermanentError):
+    """404: the thing asked for does not exist."""
+
+
+class PublishError(OrchestratorError):
+    """The broker did not confirm a publish; transient, the message is kept."""
