@@ -1,0 +1,396 @@
+"""Per-workflow locks with real files, real processes and a real Redis.
+
+Every test asserts something that fails if exclusion breaks: exact counters after
+racing read-modify-writes, a timeout while another holder keeps the lock, a dead
+holder that stops blocking. Redis tests skip only when 127.0.0.1:6379 does not PING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import pytest
+
+from workflow_orchestrator.errors import OrchestratorError
+from workflow_orchestrator.locking import (
+    FileLocks,
+    LockTimeout,
+    LockUnavailable,
+    RedisLocks,
+    WorkflowLocks,
+    locks_from_settings,
+)
+from workflow_orchestrator.settings import Settings
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+WEIRD_IDS = [
+    "a/b",
+    "../../escape",
+    "..",
+    ".",
+    "",
+    "/etc/passwd",
+    "ünïcødé-工作流-🙂",
+    "x" * 500,
+    "nul\x00byte",
+    "new\nline\ttab",
+    "C:\\windows\\con",
+    "lone-surrogate-\ud800",
+    "*?[]{}$`'\"",
+]
+
+
+@functools.cache
+def _redis_down_reason() -> str | None:
+    try:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+        client.ping()
+        client.close()
+    except Exception as exc:  # any failure means "no Redis to test against"
+        return f"Redis at 127.0.0.1:6379 does not answer PING ({type(exc).__name__}: {exc})"
+    return None
+
+
+@pytest.fixture
+def redis_url() -> str:
+    reason = _redis_down_reason()
+    if reason:
+        pytest.skip(reason)
+    return REDIS_URL
+
+
+@pytest.fixture
+def wf_id() -> str:
+    return f"wf-{uuid.uuid4()}"
+
+
+Spec = tuple[str, str, float, float]  # (kind, directory or URL, wait, timeout): picklable
+
+
+def _make(spec: Spec) -> WorkflowLocks:
+    kind, where, wait, timeout = spec
+    if kind == "file":
+        return FileLocks(where, wait)
+    return RedisLocks(where, timeout=timeout, wait=wait)
+
+
+@dataclass
+class Backend:
+    kind: str
+    where: str
+
+    def spec(self, wait: float, timeout: float = 10.0) -> Spec:
+        return (self.kind, self.where, wait, timeout)
+
+    def make(self, wait: float, timeout: float = 10.0) -> WorkflowLocks:
+        return _make(self.spec(wait, timeout))
+
+
+@pytest.fixture(params=["file", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path) -> Backend:
+    if request.param == "file":
+        return Backend("file", str(tmp_path / "locks"))
+    return Backend("redis", request.getfixturevalue("redis_url"))
+
+
+# --- helpers run in child processes (module level so they pickle) -------------------
+
+
+def _count_in_file(locks: WorkflowLocks, workflow_id: str, path: str, n: int, barrier) -> None:
+    barrier.wait(10)
+    for _ in range(n):
+        with locks.hold(workflow_id):
+            with open(path) as f:
+                value = int(f.read())
+            time.sleep(0.001)  # widen the read-write window: a missing lock loses updates
+            with open(path, "w") as f:
+                f.write(str(value + 1))
+
+
+def _hold_forever(spec: Spec, workflow_id: str, conn) -> None:
+    with _make(spec).hold(workflow_id):
+        conn.send("held")
+        time.sleep(60)
+
+
+# --- threads ------------------------------------------------------------------------
+
+
+def _race(
+    hold: Callable[[], AbstractContextManager[None]], threads: int, n: int
+) -> tuple[int, int]:
+    """`threads` x `n` read-sleep-write increments; returns (final count, max inside)."""
+    counter = [0]
+    inside = [0, 0]  # current, max
+    guard = threading.Lock()
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            barrier.wait(10)
+            for _ in range(n):
+                with hold():
+                    with guard:
+                        inside[0] += 1
+                        inside[1] = max(inside)
+                    value = counter[0]
+                    time.sleep(0.0005)
+                    counter[0] = value + 1
+                    with guard:
+                        inside[0] -= 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(30)
+    assert not errors, errors
+    return counter[0], inside[1]
+
+
+def test_threads_of_one_process_exclude_each_other(backend: Backend, wf_id: str) -> None:
+    # Control: without a lock the same workload demonstrably loses updates.
+    lost, overlap = _race(contextlib.nullcontext, 8, 50)
+    assert lost < 400 and overlap > 1
+
+    locks = backend.make(wait=30)
+    count, overlap = _race(lambda: locks.hold(wf_id), 8, 50)
+    assert count == 400
+    assert overlap == 1
+
+
+# --- processes ----------------------------------------------------------------------
+
+
+def test_processes_exclude_each_other(backend: Backend, wf_id: str, tmp_path) -> None:
+    # Built and used before the fork, like a Celery prefork worker's objects.
+    locks = backend.make(wait=30)
+    with locks.hold(wf_id):
+        pass
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(4)
+    procs = [
+        ctx.Process(target=_count_in_file, args=(locks, wf_id, str(counter), 25, barrier))
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert counter.read_text() == "100"
+
+
+# --- independence, timeout ----------------------------------------------------------
+
+
+def test_different_ids_do_not_block_each_other(backend: Backend, wf_id: str) -> None:
+    locks = backend.make(wait=2)
+    with locks.hold(wf_id + "-A"):
+        started = time.monotonic()
+        with locks.hold(wf_id + "-B"):
+            assert time.monotonic() - started < 0.2
+
+
+def test_lock_timeout_names_the_workflow(backend: Backend, wf_id: str) -> None:
+    holder = backend.make(wait=5)
+    held, release = threading.Event(), threading.Event()
+
+    def keep() -> None:
+        with holder.hold(wf_id):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=keep)
+    t.start()
+    try:
+        assert held.wait(5)
+        waiter = backend.make(wait=0.4)
+        started = time.monotonic()
+        with pytest.raises(LockTimeout) as caught:
+            with waiter.hold(wf_id):
+                pytest.fail("acquired a lock another holder keeps")
+        elapsed = time.monotonic() - started
+        # redis-py gives up once its next poll (every 50 ms) would pass the deadline.
+        assert 0.33 <= elapsed < 2.0
+        assert wf_id in str(caught.value)
+        assert caught.value.workflow_id == wf_id
+        assert isinstance(caught.value, OrchestratorError)
+    finally:
+        release.set()
+        t.join(10)
+    with backend.make(wait=2).hold(wf_id):  # free again once the holder leaves
+        pass
+
+
+def test_lock_is_not_reentrant(backend: Backend, wf_id: str) -> None:
+    locks = backend.make(wait=0.1)
+    with locks.hold(wf_id):
+        with pytest.raises(LockTimeout):
+            with locks.hold(wf_id):
+                pass
+
+
+# --- dead holders -------------------------------------------------------------------
+
+
+def test_file_lock_of_killed_holder_is_freed_by_the_kernel(tmp_path, wf_id: str) -> None:
+    spec: Spec = ("file", str(tmp_path / "locks"), 5.0, 0.0)
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_hold_forever, args=(spec, wf_id, send))
+    child.start()
+    try:
+        assert receive.poll(20), "child never took the lock"
+        assert receive.recv() == "held"
+        with pytest.raises(LockTimeout):  # the child really holds it
+            with FileLocks(spec[1], wait=0.1).hold(wf_id):
+                pass
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        assert child.exitcode == -signal.SIGKILL
+        started = time.monotonic()
+        with FileLocks(spec[1], wait=1.0).hold(wf_id):
+            assert time.monotonic() - started < 1.0
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(5)
+
+
+def test_redis_lock_of_dead_holder_expires(redis_url: str, wf_id: str) -> None:
+    import redis
+
+    # A holder that dies without releasing: take the lock on a client of its own, drop it.
+    dead = redis.Redis.from_url(redis_url)
+    key = RedisLocks(redis_url, timeout=1, wait=0).key_for(wf_id)
+    assert dead.lock(key, timeout=1.0, thread_local=False).acquire(blocking=False)
+    taken_at = time.monotonic()
+    dead.close()
+    del dead
+
+    with pytest.raises(LockTimeout):
+        with RedisLocks(redis_url, timeout=1.0, wait=0.2).hold(wf_id):
+            pass
+    with RedisLocks(redis_url, timeout=1.0, wait=3.0).hold(wf_id):
+        waited = time.monotonic() - taken_at
+    assert 0.85 <= waited < 2.5  # blocked until the expiry, and not much longer
+
+
+def test_redis_release_after_expiry_warns_and_spares_the_next_holder(
+    redis_url: str, wf_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+
+    slow = RedisLocks(redis_url, timeout=0.2, wait=1.0)
+    first = slow.hold(wf_id)
+    first.__enter__()
+    time.sleep(0.35)  # the body outlives the expiry
+    second = RedisLocks(redis_url, timeout=5.0, wait=1.0).hold(wf_id)
+    second.__enter__()  # a new holder gets in, as it should after expiry
+    with caplog.at_level(logging.WARNING, logger="workflow_orchestrator.locking"):
+        first.__exit__(None, None, None)  # must neither raise nor free the new holder's lock
+    assert any(r.levelno == logging.WARNING and wf_id in r.getMessage() for r in caplog.records)
+    client = redis.Redis.from_url(redis_url)
+    assert client.exists(slow.key_for(wf_id)) == 1
+    second.__exit__(None, None, None)
+    assert client.exists(slow.key_for(wf_id)) == 0
+    client.close()
+
+
+def test_unreachable_redis_is_lock_unavailable_without_password(wf_id: str) -> None:
+    locks = RedisLocks("redis://user:s3cr3t-pw@127.0.0.1:1/0", timeout=1.0, wait=1.0)
+    with pytest.raises(LockUnavailable) as caught:
+        with locks.hold(wf_id):
+            pass
+    text = str(caught.value)
+    assert wf_id in text
+    assert "s3cr3t-pw" not in text
+    assert not isinstance(caught.value, LockTimeout)
+
+
+# --- odd ids ------------------------------------------------------------------------
+
+
+def test_weird_ids_stay_inside_the_lock_directory(tmp_path) -> None:
+    directory = tmp_path / "locks"
+    locks = FileLocks(str(directory), wait=1.0)
+    probe = FileLocks(str(directory), wait=0)
+    with contextlib.ExitStack() as stack:
+        for workflow_id in WEIRD_IDS:
+            stack.enter_context(locks.hold(workflow_id))  # distinct ids: no blocking
+            with pytest.raises(LockTimeout):  # same id -> same file -> excluded
+                with probe.hold(workflow_id):
+                    pass
+    names = sorted(os.listdir(directory))
+    assert len(names) == len(WEIRD_IDS)  # one distinct file per id, kept after release
+    assert os.listdir(tmp_path) == ["locks"]  # nothing escaped the directory
+    for name in names:
+        assert (directory / name).is_file()
+        assert len(name.encode()) <= 255
+        assert set(name) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+    assert locks.path_for("a/b").startswith(str(directory) + os.sep)
+
+
+def test_weird_ids_with_redis(redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    unique = uuid.uuid4().hex
+    locks = RedisLocks(redis_url, timeout=10.0, wait=1.0)
+    probe = RedisLocks(redis_url, timeout=10.0, wait=0)
+    for weird in WEIRD_IDS:
+        workflow_id = unique + weird
+        with locks.hold(workflow_id):
+            assert client.exists(locks.key_for(workflow_id)) == 1
+            with pytest.raises(LockTimeout):
+                with probe.hold(workflow_id):
+                    pass
+        assert client.exists(locks.key_for(workflow_id)) == 0
+    client.close()
+
+
+# --- settings -----------------------------------------------------------------------
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings(
+        exchange_id="1",
+        broker_id="1",
+        manager_url="http://manager",
+        oauth_login_url="http://oauth",
+        oauth_client_id="id",
+        oauth_client_secret="secret",
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def test_locks_from_settings(tmp_path) -> None:
+    files = locks_from_settings(_settings(lock_dir=str(tmp_path / "d"), lock_wait=7.0))
+    assert isinstance(files, FileLocks)
+    assert files.directory == str(tmp_path / "d") and files.wait == 7.0
+    assert (tmp_path / "d").is_dir()
+
+    url = "redis://:pw@127.0.0.1:6379/0"
+    red = locks_from_settings(_settings(lock_url=url, lock_timeout=9.0, lock_wait=3.0))
+    assert isinstance(red, RedisLocks)
+    assert (red.timeout, red.wait) == (9.0, 3.0)

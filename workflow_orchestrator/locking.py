@@ -1,0 +1,227 @@
+"""Per-workflow mutual exclusion around load-transition-save.
+
+Two messages of one workflow must never interleave their load-transition-save, or one
+transition silently overwrites the other. The worker may run the threads pool (many
+threads in one process) or prefork (many processes), on one host or on many, so there
+are two implementations behind one protocol:
+
+* `FileLocks`: ``fcntl.flock`` on one file per workflow. It excludes threads and
+  processes of one host, and the kernel frees it when its holder dies.
+* `RedisLocks`: a redis-py ``Lock`` with an expiry. It excludes workers on any host;
+  the expiry is what frees the lock of a dead holder.
+
+Neither lock is re-entrant: holding a workflow's lock and asking for it again, even
+from the same thread, waits and ends in `LockTimeout`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from .errors import OrchestratorError
+from .settings import Settings, redact_url
+
+log = logging.getLogger(__name__)
+
+REDIS_KEY_PREFIX = "workflow-orchestrator:lock:"
+
+_FIRST_SLEEP = 0.002
+_MAX_SLEEP = 0.05
+_BACKOFF = 1.5
+_HUMAN_PREFIX_LEN = 40
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class LockTimeout(OrchestratorError):
+    """The workflow's lock stayed taken for `wait` seconds; the caller retries the task."""
+
+    def __init__(self, workflow_id: str, wait: float) -> None:
+        self.workflow_id = workflow_id
+        self.wait = wait
+        super().__init__(f"could not lock workflow {workflow_id!r} within {wait:g} s")
+
+
+class LockUnavailable(OrchestratorError):
+    """The lock backend itself failed (Redis unreachable, lock dir unusable): transient."""
+
+    def __init__(self, workflow_id: str, problem: str) -> None:
+        self.workflow_id = workflow_id
+        self.problem = problem
+        super().__init__(f"could not lock workflow {workflow_id!r}: {problem}")
+
+
+class WorkflowLocks(Protocol):
+    """What the orchestration task needs: an exclusive hold on one workflow."""
+
+    def hold(self, workflow_id: str) -> AbstractContextManager[None]:
+        """Block up to the configured wait for the lock; release it on exit."""
+        ...
+
+
+def lock_file_name(workflow_id: str) -> str:
+    """A file name safe for ANY id: a sanitised prefix for humans plus the id's sha256.
+
+    The hash alone makes names unique and free of ``/``, ``..``, NUL and length
+    problems; the prefix (only ``[A-Za-z0-9_-]``) just helps a person browsing the dir.
+    """
+    digest = hashlib.sha256(workflow_id.encode("utf-8", "surrogatepass")).hexdigest()
+    prefix = _UNSAFE.sub("_", workflow_id)[:_HUMAN_PREFIX_LEN]
+    return f"{prefix}-{digest}.lock" if prefix else f"{digest}.lock"
+
+
+class FileLocks:
+    """``fcntl.flock`` locks under `directory`: threads and processes of one host.
+
+    flock (not lockf/fcntl record locks, which belong to the process and so never
+    exclude two threads of it) is attached to the open file description; each
+    acquisition opens the file anew, so two threads of one process exclude each other.
+    The kernel drops the lock when the holder's descriptor closes, including when the
+    holder dies: a dead holder never blocks a workflow.
+    """
+
+    def __init__(self, directory: str, wait: float) -> None:
+        self.directory = directory
+        self.wait = wait
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+
+    def path_for(self, workflow_id: str) -> str:
+        return os.path.join(self.directory, lock_file_name(workflow_id))
+
+    def _open(self, path: str) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            return os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            # The directory vanished (a temp cleaner): recreate it once.
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            return os.open(path, flags, 0o600)
+
+    @contextmanager
+    def hold(self, workflow_id: str) -> Iterator[None]:
+        path = self.path_for(workflow_id)
+        try:
+            fd = self._open(path)
+        except OSError as exc:
+            raise LockUnavailable(workflow_id, f"cannot open lock file {path}: {exc}") from exc
+        try:
+            self._acquire(workflow_id, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            yield
+        finally:
+            # The lock file is deliberately NOT deleted: another acquirer may already
+            # have opened this inode and would then lock a file nobody else can find,
+            # while a third opens a fresh file at the same path -> two holders.
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def _acquire(self, workflow_id: str, fd: int) -> None:
+        """Poll with LOCK_NB (a blocking flock cannot time out) with a little backoff."""
+        deadline = time.monotonic() + self.wait
+        delay = _FIRST_SLEEP
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise LockUnavailable(workflow_id, f"flock failed: {exc}") from exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockTimeout(workflow_id, self.wait)
+            time.sleep(min(delay, remaining))
+            delay = min(delay * _BACKOFF, _MAX_SLEEP)
+
+
+class RedisLocks:
+    """redis-py ``Lock`` per workflow: excludes workers on any number of hosts.
+
+    `timeout` is the lock's expiry: it frees the lock of a holder that died (nothing
+    else can), so it must exceed the longest load-transition-save. `wait` bounds how
+    long an acquirer blocks before `LockTimeout`.
+    """
+
+    def __init__(self, url: str, timeout: float, wait: float, client: Any = None) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.wait = wait
+        if client is None:
+            import redis
+
+            # Bounded socket timeouts, so an unreachable Redis is an error, not a hang.
+            # Options in the URL's query string take precedence.
+            client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        self.client = client
+
+    def key_for(self, workflow_id: str) -> bytes:
+        """``workflow-orchestrator:lock:{id}`` as bytes, so even ids with lone
+        surrogates (valid in JSON) make a key instead of an encoding error."""
+        return (REDIS_KEY_PREFIX + workflow_id).encode("utf-8", "surrogatepass")
+
+    def _scrub(self, text: str) -> str:
+        """Error text with the URL's password removed, whatever the client put in it."""
+        try:
+            password = urlsplit(self.url).password
+        except ValueError:
+            password = None
+        return text.replace(password, "***") if password else text
+
+    @contextmanager
+    def hold(self, workflow_id: str) -> Iterator[None]:
+        from redis.exceptions import LockNotOwnedError, RedisError
+
+        lock = self.client.lock(
+            self.key_for(workflow_id),
+            timeout=self.timeout,
+            sleep=_MAX_SLEEP,
+            blocking_timeout=self.wait,
+            thread_local=False,
+        )
+        try:
+            acquired = lock.acquire()
+        except RedisError as exc:
+            problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
+            raise LockUnavailable(workflow_id, self._scrub(problem)) from None
+        if not acquired:
+            raise LockTimeout(workflow_id, self.wait)
+        try:
+            yield
+        finally:
+            try:
+                lock.release()
+            except LockNotOwnedError:
+                log.warning(
+                    "lock of workflow %r expired before release (held over %g s);"
+                    " another worker may have entered meanwhile",
+                    workflow_id,
+                    self.timeout,
+                )
+            except RedisError as exc:
+                # Raising here would mask the body's outcome; the expiry frees it anyway.
+                log.warning(
+                    "could not release lock of workflow %r (it expires within %g s): %s",
+                    workflow_id,
+                    self.timeout,
+                    self._scrub(f"{type(exc).__name__}: {exc}"),
+                )
+
+
+def locks_from_settings(settings: Settings) -> WorkflowLocks:
+    """Redis locks when LOCK_URL is set (many hosts), else file locks (one host)."""
+    if settings.lock_url:
+        return RedisLocks(settings.lock_url, settings.lock_timeout, settings.lock_wait)
+    return FileLocks(settings.lock_dir, settings.lock_wait)
