@@ -1,0 +1,435 @@
+"""The transition: stored workflow + message + now -> new workflow + effects (pure).
+
+This is where the next milestone is decided (CONTRACT.md 3, 4, 7). It does no I/O of
+its own: the clock reading, the Manager lookups (`Topology`) and the identity of the
+message being processed are arguments, and the result is plain data that the shell
+(`tasks.py`) saves and publishes. Redelivering the same message against the same stored
+workflow therefore yields the same decisions and the same task ids.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .durations import elapsed
+from .milestones import (
+    Dispatched,
+    Failed,
+    Milestone,
+    Passed,
+    StepContext,
+    Target,
+    Topology,
+    Waiting,
+    build_registry,
+    check_milestones,
+)
+from .notifications import chat_payload, completion_email, completion_recipients, event_prefix
+from .timefmt import parse_instant, to_iso
+from .workflow import REQUEST_FIELDS, WORKFLOW_FIELDS, merge
+
+#: Namespace of every deterministic task id the orchestrator derives.
+TASK_ID_NAMESPACE = uuid.UUID("6f1c1f57-5b0e-4a59-9d2b-8f6e1c0a7d31")
+
+COMPLETED_STEP = "workflow_completed"
+WORKER_FAILURE = "Milestone worker has reported a failure"
+
+#: Request fields a start message may leave to the stored `execute_options`.
+EXECUTE_OPTION_FIELDS = (
+    "force_build",
+    "build_messaging_exchange_id",
+    "deploy_messaging_exchange_id",
+)
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"  # save the workflow, publish the effects
+    DUPLICATE = "duplicate"  # stale or repeated message: change nothing, ack
+    AHEAD = "ahead"  # reports a step the store has not reached yet: retry shortly
+    INCONSISTENT = "inconsistent"  # can never apply: system event, dead-letter
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """A task sent by name: a milestone's worker, or the orchestrator itself (`scheduled`)."""
+
+    task: str
+    queue: str
+    payload: dict[str, Any]
+    task_id: str
+    step: str
+    exchange_id: Any = None
+    countdown: int | None = None
+
+
+@dataclass(frozen=True)
+class ChatNotification:
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EmailNotification:
+    payload: dict[str, Any]
+    task_id: str
+
+
+@dataclass(frozen=True)
+class SystemEvent:
+    message: str
+
+
+Effect = WorkerRequest | ChatNotification | EmailNotification | SystemEvent
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything about this orchestrator the transition needs to know."""
+
+    exchange_id: str = "1"
+    broker_id: str = "1"
+    queue_name: str = "workflow_orchestration"
+    orchestrate_task: str = "workflow_orchestrator.orchestrate"
+    ui_url: str = "http://localhost"
+    schedule_poll_seconds: int = 600
+    out_of_order_timeout: float = 300.0
+    registry: Mapping[str, Milestone] = field(default_factory=build_registry)
+
+    def routing_fields(self) -> dict[str, Any]:
+        """Fields every outgoing request carries so workers can call back (CONTRACT.md 5)."""
+        ex, br = str(self.exchange_id), str(self.broker_id)
+        return {
+            "notifications_exchange_id": ex,
+            "notifications_broker_id": br,
+            "orchestration_exchange_id": ex,
+            "orchestration_broker_id": br,
+            "workflow_orchestration_exchange_id": ex,
+            "workflow_orchestration_broker_id": br,
+            "orchestration_queue_name": self.queue_name,
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    summary: str
+    workflow: dict[str, Any] | None = None
+    effects: tuple[Effect, ...] = ()
+
+    @property
+    def before_save(self) -> tuple[Effect, ...]:
+        """Effects that must not be lost: published before the save, with stable ids."""
+        return tuple(e for e in self.effects if isinstance(e, (WorkerRequest, EmailNotification)))
+
+    @property
+    def after_save(self) -> tuple[Effect, ...]:
+        return tuple(e for e in self.effects if isinstance(e, ChatNotification))
+
+    @property
+    def system_events(self) -> tuple[SystemEvent, ...]:
+        return tuple(e for e in self.effects if isinstance(e, SystemEvent))
+
+
+def derived_task_id(*parts: Any) -> str:
+    """A task id that is the same whenever its parts are (redelivery gives the same id)."""
+    return str(uuid.uuid5(TASK_ID_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+
+
+def email_task_id(workflow_id: str) -> str:
+    """One completion e-mail id per workflow, whatever message completes it."""
+    return derived_task_id(workflow_id, "on_workflow_completed")
+
+
+def _position(milestones: list[str], step: Any) -> int | None:
+    if step is None:
+        return -1
+    if step == COMPLETED_STEP:
+        return len(milestones)
+    try:
+        return milestones.index(step)
+    except ValueError:
+        return None
+
+
+def _milestone_list(value: Any) -> list[str]:
+    if isinstance(value, list) and all(isinstance(m, str) for m in value):
+        return value
+    return []
+
+
+def classify(stored: dict[str, Any], message: dict[str, Any]) -> tuple[Outcome | None, str]:
+    """Where the message stands against the store; None means "apply it"."""
+    if stored.get("workflow_completed"):
+        return Outcome.DUPLICATE, "the workflow is already completed"
+    milestones = _milestone_list(message.get("milestones")) or _milestone_list(
+        stored.get("milestones")
+    )
+    stored_step, message_step = stored.get("current_step"), message.get("current_step")
+    stored_at = _position(milestones, stored_step)
+    message_at = _position(milestones, message_step)
+    if stored_at is None:
+        return Outcome.INCONSISTENT, (
+            f"the stored current_step {stored_step!r} is not one of the milestones {milestones}"
+        )
+    if message_at is None:
+        return Outcome.INCONSISTENT, (
+            f"the message's current_step {message_step!r} is not one of the milestones {milestones}"
+        )
+    if message_at < stored_at:
+        return Outcome.DUPLICATE, (
+            f"the message reports step {message_step or 'none'} but the workflow is at {stored_step}"
+        )
+    if message_at > stored_at:
+        return Outcome.AHEAD, (
+            f"the message reports step {message_step} but the stored workflow is still at "
+            f"{stored_step or 'none'}"
+        )
+    return None, ""
+
+
+def transition(
+    stored: dict[str, Any],
+    message: dict[str, Any],
+    *,
+    now: datetime,
+    topology: Topology,
+    config: EngineConfig,
+    message_key: str,
+    ahead_since: datetime | None = None,
+) -> Decision:
+    """Decide what one message does to its workflow.
+
+    `message_key` identifies the message being processed (its Celery task id, which a
+    redelivery or retry keeps); with the run's start time it makes the dispatched task
+    ids deterministic: the same workflow run and step always get the same id.
+    `ahead_since` is when this message was first found ahead of the store.
+    """
+    outcome, why = classify(stored, message)
+    if outcome is Outcome.AHEAD:
+        waited = (now - ahead_since).total_seconds() if ahead_since else 0.0
+        if waited > config.out_of_order_timeout:
+            return Decision(
+                Outcome.INCONSISTENT,
+                f"Inconsistent message for workflow {message.get('id')}: {why}, "
+                f"for more than {config.out_of_order_timeout:g} seconds",
+            )
+        return Decision(Outcome.AHEAD, why)
+    if outcome is Outcome.INCONSISTENT:
+        return Decision(outcome, f"Inconsistent message for workflow {message.get('id')}: {why}")
+    if outcome is Outcome.DUPLICATE:
+        return Decision(outcome, why)
+    workflow = _prepare(stored, message)
+    # The run's start time travels in every request and callback, so any copy of a
+    # message for this run derives the same ids; a start message has none yet, and
+    # its own identity (kept by redelivery) stands in.
+    run_key = workflow.get("workflow_start_time") or message_key
+    run = _Run(workflow, now, topology, config, run_key)
+    run.apply(message)
+    return Decision(Outcome.APPLIED, run.summary, run.workflow, tuple(run.effects))
+
+
+def _prepare(stored: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+    wf = merge(stored, message)
+    wf["workflow_id"] = wf["id"]
+    options = wf.get("execute_options")
+    if isinstance(options, dict):
+        for name in EXECUTE_OPTION_FIELDS:
+            if wf.get(name) is None and options.get(name) is not None:
+                wf[name] = options[name]
+    if not isinstance(wf.get("workflow_step_durations"), dict):
+        wf["workflow_step_durations"] = {}
+    else:
+        wf["workflow_step_durations"] = dict(wf["workflow_step_durations"])
+    for name in ("workflow_start_time", "step_time"):
+        moment = parse_instant(wf.get(name))
+        wf[name] = to_iso(moment) if moment else None
+    wf.setdefault("workflow_error", False)
+    wf.setdefault("workflow_completed", False)
+    return wf
+
+
+class _Run:
+    """The mutable scratch state of one transition; never escapes `transition`."""
+
+    def __init__(
+        self,
+        workflow: dict[str, Any],
+        now: datetime,
+        topology: Topology,
+        config: EngineConfig,
+        run_key: str,
+    ) -> None:
+        self.workflow = workflow
+        self.now = now
+        self.topology = topology
+        self.config = config
+        self.run_key = run_key
+        self.effects: list[Effect] = []
+        self.summary = ""
+
+    # -- the event log -------------------------------------------------------------
+    def log(self, message: str, success: bool = True) -> None:
+        line = f"{event_prefix(self.workflow)} {message}"
+        if line not in self.workflow["event_log"]:
+            self.workflow["event_log"].append(line)
+        self.effects.append(ChatNotification(chat_payload(self.workflow, message, success)))
+
+    def _stamp(self) -> None:
+        wf = self.workflow
+        wf["elapsed_step_time"] = elapsed(wf.get("step_time"), self.now)
+        wf["elapsed_workflow_time"] = elapsed(wf.get("workflow_start_time"), self.now)
+
+    # -- the cases of CONTRACT.md 3.4 ------------------------------------------------
+    def apply(self, message: dict[str, Any]) -> None:
+        wf = self.workflow
+        if message.get("workflow_completed") is True:
+            if wf.get("workflow_error"):
+                self.fail(WORKER_FAILURE)
+            else:
+                self.complete(reported=True)
+        else:
+            step = wf.get("current_step")
+            if step is None:
+                self.start()
+            else:
+                milestone = self.config.registry.get(step)
+                if milestone is not None and milestone.internal:
+                    if not self.run_step(milestone, starting=False):
+                        self._stamp()
+                        return
+                else:
+                    self.complete_step(step)
+                self.advance()
+        self._stamp()
+
+    def start(self) -> None:
+        wf = self.workflow
+        self.log("Starting workflow...")
+        if wf.get("workflow_start_time") is None:
+            wf["workflow_start_time"] = to_iso(self.now)
+        problem = check_milestones(wf.get("milestones"), self.config.registry)
+        if problem:
+            self.fail(problem)
+            return
+        self.advance()
+
+    def advance(self) -> None:
+        """Move to the next milestone and run it; internal steps may chain on."""
+        wf = self.workflow
+        while not wf["workflow_completed"]:
+            milestones = _milestone_list(wf.get("milestones"))
+            current = wf.get("current_step")
+            at = _position(milestones, current)
+            following = milestones[(at if at is not None else len(milestones)) + 1 :]
+            if not following:
+                self.complete()
+                return
+            step = following[0]
+            wf["current_step"] = step
+            wf["step_time"] = to_iso(self.now)
+            self.log(f"Starting Workflow Milestone: {step}")
+            milestone = self.config.registry.get(step)
+            if milestone is None:
+                self.fail(f"Unknown milestone: {step}")
+                return
+            if not self.run_step(milestone, starting=True):
+                return
+
+    def run_step(self, milestone: Milestone, *, starting: bool) -> bool:
+        """Run a milestone's handler; True when it completed here and the run goes on."""
+        wf = self.workflow
+        step = milestone.name
+        ctx = StepContext(
+            step=step,
+            workflow=wf,
+            topology=self.topology,
+            now=self.now,
+            exchange_id=self.config.exchange_id,
+            schedule_poll_seconds=self.config.schedule_poll_seconds,
+            log=self.log,
+        )
+        result = milestone.handler(ctx, milestone)
+        if isinstance(result, Passed):
+            self.complete_step(step)
+            return True
+        if isinstance(result, Failed):
+            self.fail(result.reason, unexpected=result.unexpected)
+            return False
+        if isinstance(result, Waiting):
+            target = Target(self.config.orchestrate_task, self.config.queue_name)
+            self._dispatch(step, target, None, {}, countdown=result.countdown, kind="reevaluate")
+            self.summary = f"{step}: next evaluation in {result.countdown} s"
+            return False
+        assert isinstance(result, Dispatched)
+        self._dispatch(step, result.target, result.exchange_id, result.extra)
+        self.summary = f"dispatched {step} to {result.target.task}@{result.target.queue}"
+        return False
+
+    def _dispatch(
+        self,
+        step: str,
+        target: Target,
+        exchange_id: Any,
+        extra: dict[str, Any],
+        *,
+        countdown: int | None = None,
+        kind: str = "request",
+    ) -> None:
+        self._stamp()
+        payload = {name: None for name in (*WORKFLOW_FIELDS, *REQUEST_FIELDS)}
+        payload.update(self.workflow)
+        payload.update(self.config.routing_fields())
+        payload.update(extra)
+        task_id = derived_task_id(self.workflow["id"], step, kind, self.run_key)
+        self.effects.append(
+            WorkerRequest(target.task, target.queue, payload, task_id, step, exchange_id, countdown)
+        )
+
+    def complete_step(self, step: str) -> None:
+        duration = elapsed(self.workflow.get("step_time"), self.now)
+        self.workflow["workflow_step_durations"][step] = duration
+        self.log(f"Completed Workflow Milestone: {step}, in {duration}")
+
+    def complete(self, *, reported: bool = False) -> None:
+        wf = self.workflow
+        wf["workflow_completed"] = True
+        wf["workflow_error"] = False
+        duration = elapsed(wf.get("workflow_start_time"), self.now)
+        wf["workflow_duration"] = duration
+        self.log(f"Workflow completed in {duration}")
+        if not reported:
+            wf["current_step"] = COMPLETED_STEP
+        self.summary = "workflow completed"
+        self.finish()
+
+    def fail(self, reason: str, *, unexpected: bool = False) -> None:
+        wf = self.workflow
+        step = wf.get("current_step")
+        self.log(f"Workflow Milestone Failed: {step or 'none'}.  Reason: {reason}", False)
+        wf["workflow_completed"] = True
+        wf["workflow_error"] = True
+        duration = elapsed(wf.get("workflow_start_time"), self.now)
+        wf["workflow_duration"] = duration
+        self.log(f"Workflow has failed in {duration}", False)
+        if step is not None and step != COMPLETED_STEP:
+            self.complete_step(step)
+        if unexpected:
+            self.effects.append(SystemEvent(f"Workflow {wf['id']} failed: {reason}"))
+        self.summary = f"workflow failed: {reason}"
+        self.finish()
+
+    def finish(self) -> None:
+        recipients = completion_recipients(self.workflow)
+        if not recipients:
+            return
+        self.log(
+            "Sending on_workflow_completed email notification to the following recipient(s): "
+            + ", ".join(recipients)
+        )
+        self._stamp()
+        payload = completion_email(self.workflow, recipients, self.config.ui_url)
+        self.effects.append(EmailNotification(payload, email_task_id(self.workflow["id"])))
