@@ -1,0 +1,121 @@
+"""Running the orchestrator the way operators do: `celery -A workflow_orchestrator worker`
+in its own process, configured only through the environment.
+
+(Two Celery workers must never share a process: kombu's event-loop hub is a process
+global, and two consumers polling it corrupt each other's AMQP frames.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class OrchestratorProcess:
+    """One orchestrator worker process; `env` holds its settings (CONTRACT names)."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        pool: str = "threads",
+        concurrency: int = 4,
+        name: str = "orchestrator",
+        log_level: str = "INFO",
+    ) -> None:
+        self.env = env
+        self.pool = pool
+        self.concurrency = concurrency
+        self.name = name
+        self.log_level = log_level
+        self.log_path = Path(tempfile.mkstemp(prefix=f"wo-{name}-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workflow_orchestrator",
+            "worker",
+            "-P",
+            self.pool,
+            "-c",
+            str(self.concurrency),
+            "-Q",
+            self.env.get("QUEUE_NAME", "workflow_orchestration"),
+            "-n",
+            f"{self.name}-{os.getpid()}-{id(self)}@test",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            self.log_level,
+        ]
+
+    def start(self) -> OrchestratorProcess:
+        env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: kill -9 reaches the children
+            )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every child (prefork), as a crash would."""
+        if self.process is not None and self.alive():
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or not self.alive():
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def settings_env(settings: Any) -> dict[str, str]:
+    """The environment that makes `load_settings()` return these settings."""
+    from dataclasses import fields
+
+    env: dict[str, str] = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.name == "extra_milestones":
+            value = ",".join(f"{m.name}={m.task}@{m.queue}" for m in value)
+        env[f.name.upper()] = str(value)
+    return env

@@ -1,0 +1,208 @@
+"""The `workflow_orchestrator.orchestrate` task: the thin shell around `transition`.
+
+One message is one transition: lock the workflow, load it, decide, publish what must
+not be lost, save once, publish notifications, ack. Every failure maps onto one of
+three answers: retry later with backoff (transient), dead-letter with a system event
+(invalid or inconsistent), or record a failed workflow (a milestone precondition).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Reject
+from decouple import config as env
+
+from .celery_app import app
+from .errors import (
+    InvalidRequest,
+    ManagerError,
+    ManagerNotFound,
+    ManagerTransientError,
+    OrchestratorError,
+    PublishError,
+)
+from .locking import LockTimeout, LockUnavailable
+from .publisher import describe, message_event
+from .request import describe_payload, parse_request
+from .runtime import Runtime, get_runtime
+from .timefmt import parse_instant, to_iso
+from .transition import EmailNotification, Outcome, WorkerRequest, transition
+
+logger = logging.getLogger("workflow_orchestrator.tasks")
+
+ORCHESTRATE_TASK = env("ORCHESTRATE_TASK", default="workflow_orchestrator.orchestrate")
+
+#: Failures worth another try: the Manager or broker or lock will come back.
+TRANSIENT = (ManagerTransientError, PublishError, LockTimeout, LockUnavailable)
+
+
+class RetryLater(Exception):
+    def __init__(self, countdown: float, reason: str, **carry: Any) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+        self.carry = carry
+
+
+class DeadLetter(Exception):
+    """The message can never be processed; an operator has been told."""
+
+
+def backoff_delay(attempt: int, base: float, cap: float, jitter: float) -> float:
+    """Exponential backoff, capped, with `jitter` in [0, 1) spreading it over [d/2, d)."""
+    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    return delay * (0.5 + jitter / 2)
+
+
+def process(
+    rt: Runtime,
+    payload: Any,
+    *,
+    message_key: str,
+    extra_args: tuple[Any, ...] = (),
+    ahead_since: str | None = None,
+    attempts: int = 0,
+) -> str:
+    """Process one orchestration message; raise RetryLater or DeadLetter, else return a summary."""
+    try:
+        if extra_args:
+            raise InvalidRequest(
+                None, f"must be the task's single argument; got {1 + len(extra_args)} arguments"
+            )
+        request = parse_request(payload)
+    except InvalidRequest as exc:
+        _dead_letter(rt, f"{exc} ({describe_payload(payload)})")
+    workflow_id = request["id"]
+    try:
+        with rt.locks.hold(workflow_id):
+            return _transition(rt, request, message_key, ahead_since)
+    except TRANSIENT as exc:
+        attempts += 1
+        if attempts > rt.settings.max_retries:
+            _dead_letter(
+                rt,
+                f"Gave up on a message for workflow {workflow_id} after {attempts - 1} "
+                f"retries: {exc}",
+            )
+        delay = backoff_delay(
+            attempts,
+            rt.settings.retry_backoff_seconds,
+            rt.settings.retry_backoff_max,
+            random.random(),
+        )
+        logger.warning(
+            "workflow %s: transient failure (attempt %d), retrying in %.1f s: %s",
+            workflow_id,
+            attempts,
+            delay,
+            exc,
+        )
+        raise RetryLater(delay, str(exc), attempts=attempts, ahead_since=ahead_since) from exc
+    except ManagerNotFound as exc:
+        _dead_letter(rt, f"Workflow {workflow_id} does not exist in the Manager ({exc.call})")
+    except ManagerError as exc:
+        _dead_letter(rt, f"The Manager refused a call for workflow {workflow_id}: {exc}")
+    except (RetryLater, DeadLetter):
+        raise
+    except Exception as exc:
+        logger.exception("workflow %s: unexpected error", workflow_id)
+        _dead_letter(
+            rt, f"Unexpected error processing workflow {workflow_id}: {type(exc).__name__}: {exc}"
+        )
+
+
+def _transition(
+    rt: Runtime, request: dict[str, Any], message_key: str, ahead_since: str | None
+) -> str:
+    workflow_id = request["id"]
+    stored = rt.manager.get_workflow(workflow_id)
+    now = rt.clock()
+    decision = transition(
+        stored,
+        request,
+        now=now,
+        topology=rt.topology,
+        config=rt.config,
+        message_key=message_key,
+        ahead_since=parse_instant(ahead_since),
+    )
+    if decision.outcome is Outcome.DUPLICATE:
+        logger.info(
+            "workflow %s: ignored a stale or duplicate message: %s", workflow_id, decision.summary
+        )
+        return f"ignored: {decision.summary}"
+    if decision.outcome is Outcome.AHEAD:
+        logger.info("workflow %s: %s; retrying shortly", workflow_id, decision.summary)
+        raise RetryLater(
+            rt.settings.out_of_order_retry_seconds,
+            decision.summary,
+            ahead_since=ahead_since or to_iso(now),
+        )
+    if decision.outcome is Outcome.INCONSISTENT:
+        _dead_letter(rt, decision.summary)
+    assert decision.workflow is not None
+    for effect in decision.before_save:
+        if isinstance(effect, WorkerRequest):
+            rt.publisher.worker_request(effect)
+        elif isinstance(effect, EmailNotification):
+            rt.publisher.email(effect, workflow_id)
+    rt.manager.save_workflow(workflow_id, decision.workflow)
+    for note in decision.after_save:
+        try:
+            rt.publisher.chat(note, workflow_id)
+        except PublishError as exc:
+            logger.warning("workflow %s: a chat notification was not sent: %s", workflow_id, exc)
+    for event in decision.system_events:
+        rt.report_problem(event.message)
+    logger.info("workflow %s: %s", workflow_id, decision.summary)
+    return decision.summary
+
+
+def _dead_letter(rt: Runtime, reason: str) -> None:
+    logger.error("%s; the message goes to the dead-letter queue", reason)
+    rt.report_problem(reason)
+    raise DeadLetter(reason)
+
+
+@app.task(
+    bind=True,
+    name=ORCHESTRATE_TASK,
+    shared=False,  # other Celery apps in the process (peers, tests) must not get it
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    max_retries=None,
+)
+def orchestrate(
+    self: Task,
+    payload: Any = None,
+    *extra_args: Any,
+    ahead_since: str | None = None,
+    attempts: int = 0,
+    **_: Any,
+) -> str:
+    """Take one orchestration message (a workflow start or a worker's report)."""
+    try:
+        return process(
+            get_runtime(),
+            payload,
+            message_key=self.request.id,
+            extra_args=extra_args,
+            ahead_since=ahead_since,
+            attempts=attempts,
+        )
+    except RetryLater as later:
+        kwargs = {k: v for k, v in later.carry.items() if v}
+        raise self.retry(
+            args=(payload,),
+            kwargs=kwargs,
+            countdown=later.countdown,
+            argsrepr=describe(payload, message_event(payload)),
+        ) from None
+    except DeadLetter as dead:
+        raise Reject(str(dead), requeue=False) from None
+    except OrchestratorError as exc:  # a setting or something equally fatal
+        raise Reject(str(exc), requeue=False) from None
