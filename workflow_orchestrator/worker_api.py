@@ -1,0 +1,319 @@
+"""Callbacks for builder/deployer workers written in Python (CONTRACT.md 8).
+
+The Python counterpart of OpenAperture's `workflow_orchestrator_api`: a worker gets the
+orchestrator's request as its task's single argument and reports back with
+`step_completed` or `step_failed`, which send the request to the orchestration task
+on the queue the request names. Everything goes out by task name with `send_task`
+(JSON, publisher confirms when the app enables them), so a worker needs none of the
+orchestrator's code or settings, only a Celery app; `worker_app` builds a suitable one.
+
+The caller's dict is never mutated: each helper works on a deep copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery, bootsteps
+from kombu import Exchange, Queue
+
+from .notifications import room_names
+from .publisher import PUBLISH_RETRY_POLICY, describe
+from .queues import orchestration_queue as _declared_orchestration_queue
+
+logger = logging.getLogger("workflow_orchestrator.worker_api")
+
+ORCHESTRATE_TASK = "workflow_orchestrator.orchestrate"
+ORCHESTRATION_QUEUE = "workflow_orchestration"
+HIPCHAT_TASK = "notifications.hipchat"
+HIPCHAT_QUEUE = "notifications_hipchat"
+
+#: App setting naming queues a peer worker declares for publishing but never consumes.
+PUBLISH_ONLY_SETTING = "worker_api_publish_only_queues"
+
+__all__ = [
+    "HIPCHAT_QUEUE",
+    "HIPCHAT_TASK",
+    "ORCHESTRATE_TASK",
+    "ORCHESTRATION_QUEUE",
+    "execute_workflow",
+    "publish_failure_notification",
+    "publish_success_notification",
+    "step_completed",
+    "step_failed",
+    "worker_app",
+    "worker_prefix",
+]
+
+
+def worker_prefix(request: dict[str, Any]) -> str:
+    """`[OA][{id}]`: the prefix OpenAperture workers put on their event lines and chats."""
+    return f"[OA][{request.get('id')}]"
+
+
+def _copy(request: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(request, dict):
+        raise TypeError(f"the request must be a dict, got {type(request).__name__}")
+    return copy.deepcopy(request)
+
+
+def _log_event(request: dict[str, Any], message: str) -> None:
+    """Append `{prefix} {message}` to the (copied) request's event log."""
+    log = request.get("event_log")
+    request["event_log"] = [
+        *(log if isinstance(log, list) else []),
+        f"{worker_prefix(request)} {message}",
+    ]
+
+
+def _plain_queue(name: str) -> Queue:
+    """A durable queue on a direct exchange of the same name, as Celery declares routed queues."""
+    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
+
+
+def _destination(app: Celery, name: str, orchestration: bool) -> str | Queue:
+    """The app's own declaration of `name` when it has one, else a matching one.
+
+    Celery declares the queue it publishes to; the orchestration queue carries
+    dead-letter arguments, and a declaration without them is refused by RabbitMQ.
+    """
+    if name in app.amqp.queues:
+        return name
+    return _declared_orchestration_queue(name) if orchestration else _plain_queue(name)
+
+
+def _send(
+    app: Celery, task: str, queue: str | Queue, payload: dict[str, Any], argsrepr: str
+) -> str:
+    result = app.send_task(
+        task,
+        args=[payload],
+        queue=queue,
+        argsrepr=argsrepr,
+        kwargsrepr="{}",
+        ignore_result=True,
+        retry=True,
+        retry_policy=PUBLISH_RETRY_POLICY,
+    )
+    queue_name = queue.name if isinstance(queue, Queue) else queue
+    logger.info("sent %s to queue %s (task id %s): %s", task, queue_name, result.id, argsrepr)
+    return result.id
+
+
+def _report_back(
+    app: Celery,
+    request: dict[str, Any],
+    event: str,
+    orchestrate_task: str,
+    orchestration_queue: str,
+) -> str:
+    queue = request.get("orchestration_queue_name") or orchestration_queue
+    return _send(
+        app,
+        orchestrate_task,
+        _destination(app, queue, orchestration=True),
+        request,
+        describe(request, event),
+    )
+
+
+def _notify(
+    app: Celery,
+    request: dict[str, Any],
+    message: str,
+    is_success: bool,
+    hipchat_task: str,
+    hipchat_queue: str,
+) -> str:
+    payload = {
+        "is_success": is_success,
+        "prefix": worker_prefix(request),
+        "message": message,
+        "room_names": room_names(request),
+    }
+    return _send(
+        app,
+        hipchat_task,
+        _destination(app, hipchat_queue, orchestration=False),
+        payload,
+        describe(request, "notification"),
+    )
+
+
+def step_completed(
+    app: Celery,
+    request: dict[str, Any],
+    message: str | None = None,
+    *,
+    orchestrate_task: str = ORCHESTRATE_TASK,
+    orchestration_queue: str = ORCHESTRATION_QUEUE,
+) -> str:
+    """Tell the orchestrator the requested step is done; returns the task id.
+
+    `current_step` and `step_time` go back untouched: the orchestrator uses them to
+    recognise which step completed (and to ignore duplicates). `orchestration_queue`
+    is used only when the request names no `orchestration_queue_name`.
+    """
+    request = _copy(request)
+    if message:
+        _log_event(request, message)
+    return _report_back(app, request, "completed", orchestrate_task, orchestration_queue)
+
+
+def step_failed(
+    app: Celery,
+    request: dict[str, Any],
+    message: str,
+    reason: str,
+    *,
+    orchestrate_task: str = ORCHESTRATE_TASK,
+    orchestration_queue: str = ORCHESTRATION_QUEUE,
+    hipchat_task: str = HIPCHAT_TASK,
+    hipchat_queue: str = HIPCHAT_QUEUE,
+) -> str:
+    """Report the step as failed, which fails the workflow; returns the callback's task id.
+
+    Logs `message` and `Workflow step failed: {reason}`, sends a failure chat
+    notification (best effort: a chat outage must not leave the workflow hanging), then
+    reports back with `workflow_error` and `workflow_completed` set.
+    """
+    request = _copy(request)
+    request["workflow_error"] = True
+    request["workflow_completed"] = True
+    if message:
+        _log_event(request, message)
+    _log_event(request, f"Workflow step failed: {reason}")
+    chat = f"{message} (reason: {reason})" if message else f"Workflow step failed: {reason}"
+    try:
+        _notify(app, request, chat, False, hipchat_task, hipchat_queue)
+    except Exception:  # the report back below matters more than the chat line
+        logger.exception(
+            "could not send the failure notification of workflow %s", request.get("id")
+        )
+    return _report_back(app, request, "failed", orchestrate_task, orchestration_queue)
+
+
+def publish_success_notification(
+    app: Celery,
+    request: dict[str, Any],
+    message: str,
+    *,
+    hipchat_task: str = HIPCHAT_TASK,
+    hipchat_queue: str = HIPCHAT_QUEUE,
+) -> str:
+    """Post a success line to the workflow's chat rooms; returns the task id."""
+    return _notify(app, _copy(request), message, True, hipchat_task, hipchat_queue)
+
+
+def publish_failure_notification(
+    app: Celery,
+    request: dict[str, Any],
+    message: str,
+    *,
+    hipchat_task: str = HIPCHAT_TASK,
+    hipchat_queue: str = HIPCHAT_QUEUE,
+) -> str:
+    """Post a failure line to the workflow's chat rooms; returns the task id."""
+    return _notify(app, _copy(request), message, False, hipchat_task, hipchat_queue)
+
+
+def execute_workflow(
+    app: Celery,
+    workflow_id: str,
+    *,
+    force_build: bool = False,
+    build_messaging_exchange_id: Any = None,
+    deploy_messaging_exchange_id: Any = None,
+    queue: str = ORCHESTRATION_QUEUE,
+    orchestrate_task: str = ORCHESTRATE_TASK,
+) -> str:
+    """Start a workflow the Manager already stores; returns the task id.
+
+    The orchestrator loads the rest of the workflow from the Manager, so the start
+    message only carries the id and the request options; unset overrides are left out
+    so they never mask anything.
+    """
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ValueError("workflow_id must be a non-empty string")
+    payload: dict[str, Any] = {
+        "id": workflow_id,
+        "workflow_id": workflow_id,
+        "force_build": force_build,
+    }
+    if build_messaging_exchange_id is not None:
+        payload["build_messaging_exchange_id"] = build_messaging_exchange_id
+    if deploy_messaging_exchange_id is not None:
+        payload["deploy_messaging_exchange_id"] = deploy_messaging_exchange_id
+    return _send(
+        app,
+        orchestrate_task,
+        _destination(app, queue, orchestration=True),
+        payload,
+        describe(payload, "start"),
+    )
+
+
+class _SkipPublishOnlyQueues(bootsteps.Step):
+    """Keep a peer worker off the queues it only publishes to.
+
+    `celery worker` without `-Q` consumes every queue in `task_queues`; a builder doing
+    so would take (and reject) the orchestrator's own messages. Runs after the worker
+    selected its queues and before the consumer starts.
+    """
+
+    name = "workflow_orchestrator.worker_api.SkipPublishOnlyQueues"
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        parent.app.amqp.queues.deselect(list(parent.app.conf.get(PUBLISH_ONLY_SETTING) or ()))
+
+
+def worker_app(
+    name: str,
+    broker_url: str,
+    *,
+    queues: Sequence[str] = (),
+    orchestration_queue: str = ORCHESTRATION_QUEUE,
+    orchestration_error_queue: str = "",
+    orchestrate_task: str = ORCHESTRATE_TASK,
+) -> Celery:
+    """A Celery app for a peer worker that reports back to the orchestrator.
+
+    JSON only (the bus is shared), at-least-once (acks late, prefetch 1, confirmed
+    publishes), its own `queues` as plain durable queues, and the orchestration queue
+    declared exactly as the orchestrator declares it, so publishing to it is accepted
+    by RabbitMQ (`orchestration_error_queue` must match the orchestrator's
+    ERROR_QUEUE_NAME; empty means `{orchestration_queue}_error`); that queue is never
+    consumed by this worker.
+    """
+    if isinstance(queues, str):
+        raise TypeError("queues must be a list of queue names, not a string")
+    own = [_plain_queue(q) for q in queues]
+    settings: dict[str, Any] = {
+        "broker_url": broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"confirm_publish": True},
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_queues": [
+            *own,
+            _declared_orchestration_queue(orchestration_queue, orchestration_error_queue),
+        ],
+        "task_routes": {orchestrate_task: {"queue": orchestration_queue}},
+        PUBLISH_ONLY_SETTING: [orchestration_queue],
+    }
+    if own:
+        settings["task_default_queue"] = own[0].name
+    app = Celery(name)
+    app.conf.update(settings)
+    app.steps["worker"].add(_SkipPublishOnlyQueues)
+    return app
