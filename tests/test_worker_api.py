@@ -39,11 +39,8 @@ from workflow_orchestrator.worker_api import (
 
 BROKER_URL = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
-#: Where the contract's example payloads live (a copy in the repo wins).
-EXAMPLE_DIRS = [
-    Path(__file__).resolve().parents[1] / "docs" / "examples",
-    Path("/work/shared/examples"),
-]
+#: The contract's example payloads, copied into the repo.
+EXAMPLE_DIRS = [Path(__file__).resolve().parents[1] / "docs" / "examples"]
 
 WID = "5b1d7f1e-8a4e-4c1e-9a55-0c1b2c3d4e5f"
 PREFIX = f"[OA][{WID}]"

@@ -25,7 +25,7 @@ from workflow_orchestrator.workflow import persisted_view
 
 from .fakes import WID, FakeTopology, stored_workflow
 
-EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"  # the contract's examples
 NOW = datetime(2026, 11, 27, 6, 0, 0, 150000, tzinfo=timezone.utc)
 PREFIX = f"[OA][{WID}][Test-Org/app_docker]"
 CONFIG = EngineConfig(ui_url="http://ui.example")
