@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery, bootsteps, signals
 
 from .errors import SettingsError
+from .logs import configure_logging
 from .queues import error_queue
 
 logger = logging.getLogger("workflow_orchestrator")
@@ -50,22 +51,27 @@ def _ours(sender: Any) -> bool:
 @signals.worker_init.connect
 def check_settings(sender: Any = None, **_: Any) -> None:
     """Refuse to start on a missing or malformed setting, naming it (never its value)."""
-    from .logs import configure_logging
     from .runtime import current_runtime
     from .settings import load_settings
 
     if not _ours(sender):
         return
-    runtime = current_runtime()
-    if runtime is not None:  # provided by the embedding program
-        settings = runtime.settings
-    else:
-        try:
-            settings = load_settings()
-        except SettingsError as exc:
-            print(f"workflow-orchestrator: cannot start: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-    configure_logging(settings.log_format)
+    if current_runtime() is not None:  # provided by the embedding program
+        return
+    try:
+        load_settings()
+    except SettingsError as exc:
+        print(f"workflow-orchestrator: cannot start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def format_logs(logger: logging.Logger | None = None, **_: Any) -> None:
+    """Every line carries workflow, step and task ids; JSON lines when LOG_FORMAT=json."""
+    from decouple import config
+
+    configure_logging(str(config("LOG_FORMAT", default="text")).lower(), logger)
 
 
 @signals.worker_process_init.connect

@@ -1,15 +1,60 @@
-"""Log formatting: plain text or one JSON object per line (LOG_FORMAT)."""
+"""Log lines an operator can follow: each line of a transition names its workflow, step
+and task id (text or JSON, LOG_FORMAT).
+
+The ids live in a context variable set by the task for the length of one transition,
+and a filter copies them onto every record, so modules log normally and still carry them.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+_CONTEXT: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "workflow_orchestrator_log_context", default=None
+)
+CONTEXT_FIELDS = ("workflow_id", "step", "task_id")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+TEXT_FORMAT = (
+    "[%(asctime)s: %(levelname)s/%(processName)s] "
+    "[workflow=%(workflow_id)s step=%(step)s task=%(task_id)s] %(name)s: %(message)s"
+)
+
+
+@contextmanager
+def transition_context(**fields: Any) -> Iterator[None]:
+    """Tag every log line inside the block with these ids (workflow_id, step, task_id)."""
+    merged = {**(_CONTEXT.get() or {}), **{k: str(v) for k, v in fields.items() if v is not None}}
+    token = _CONTEXT.set(merged)
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def current_context() -> dict[str, str]:
+    return dict(_CONTEXT.get() or {})
+
+
+class ContextFilter(logging.Filter):
+    """Copies the transition's ids onto the record ('-' outside a transition)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _CONTEXT.get() or {}
+        for name in CONTEXT_FIELDS:
+            if not hasattr(record, name):
+                setattr(record, name, context.get(name, "-"))
+        return True
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the context ids and any `extra` fields."""
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "time": self.formatTime(record),
@@ -25,9 +70,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
-def configure_logging(log_format: str) -> None:
-    """Switch the root handlers to JSON lines when asked; text is Celery's own."""
-    if log_format != "json":
-        return
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(JsonFormatter())
+def configure_logging(log_format: str, logger: logging.Logger | None = None) -> None:
+    """Put the context filter and the chosen format on the handlers of `logger` (root)."""
+    target = logger or logging.getLogger()
+    for handler in target.handlers:
+        if not any(isinstance(f, ContextFilter) for f in handler.filters):
+            handler.addFilter(ContextFilter())
+        if log_format == "json":
+            handler.setFormatter(JsonFormatter())
+        else:
+            handler.setFormatter(logging.Formatter(TEXT_FORMAT))

@@ -26,6 +26,7 @@ from .errors import (
     PublishError,
 )
 from .locking import LockTimeout, LockUnavailable
+from .logs import transition_context
 from .publisher import describe, message_event
 from .request import describe_payload, parse_request
 from .runtime import Runtime, get_runtime
@@ -185,15 +186,18 @@ def orchestrate(
     **_: Any,
 ) -> str:
     """Take one orchestration message (a workflow start or a worker's report)."""
+    step = payload.get("current_step") if isinstance(payload, dict) else None
+    workflow_id = payload.get("id") if isinstance(payload, dict) else None
     try:
-        return process(
-            get_runtime(),
-            payload,
-            message_key=self.request.id,
-            extra_args=extra_args,
-            ahead_since=ahead_since,
-            attempts=attempts,
-        )
+        with transition_context(workflow_id=workflow_id, step=step, task_id=self.request.id):
+            return process(
+                get_runtime(),
+                payload,
+                message_key=self.request.id,
+                extra_args=extra_args,
+                ahead_since=ahead_since,
+                attempts=attempts,
+            )
     except RetryLater as later:
         kwargs = {k: v for k, v in later.carry.items() if v}
         raise self.retry(
