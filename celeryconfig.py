@@ -25,6 +25,10 @@ task_create_missing_queues = True
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# A failure that escapes the task is rejected (dead-lettered), never acked and lost.
+task_acks_on_failure_or_timeout = False
+# On a lost broker connection stop the running transitions: their messages come back.
+worker_cancel_long_running_tasks_on_connection_loss = True
 
 # JSON only: the bus is shared with other teams' workers.
 task_serializer = "json"

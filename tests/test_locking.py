@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -394,3 +395,20 @@ def test_locks_from_settings(tmp_path) -> None:
     red = locks_from_settings(_settings(lock_url=url, lock_timeout=9.0, lock_wait=3.0))
     assert isinstance(red, RedisLocks)
     assert (red.timeout, red.wait) == (9.0, 3.0)
+
+
+def test_file_delivery_counts_per_message(tmp_path: Path) -> None:
+    locks = FileLocks(str(tmp_path), wait=1)
+    assert [locks.count_delivery("m/1") for _ in range(3)] == [1, 2, 3]
+    assert locks.count_delivery("m/2") == 1
+
+
+def test_redis_delivery_counts_per_message() -> None:
+    locks = RedisLocks("redis://127.0.0.1:6379/0", timeout=5, wait=1)
+    try:
+        locks.client.ping()
+    except Exception:  # noqa: BLE001
+        pytest.skip("Redis at 127.0.0.1:6379 does not answer PING")
+    message = f"msg-{uuid.uuid4()}"
+    assert [locks.count_delivery(message) for _ in range(3)] == [1, 2, 3]
+    assert 0 < locks.client.ttl(f"workflow-orchestrator:deliveries:{message}") <= 86400

@@ -34,6 +34,9 @@ from .settings import Settings, redact_url
 log = logging.getLogger(__name__)
 
 REDIS_KEY_PREFIX = "workflow-orchestrator:lock:"
+REDIS_DELIVERY_PREFIX = "workflow-orchestrator:deliveries:"
+#: How long a redelivery count is remembered.
+DELIVERY_MEMORY_SECONDS = 86400.0
 
 _FIRST_SLEEP = 0.002
 _MAX_SLEEP = 0.05
@@ -61,10 +64,15 @@ class LockUnavailable(OrchestratorError):
 
 
 class WorkflowLocks(Protocol):
-    """What the orchestration task needs: an exclusive hold on one workflow."""
+    """What the orchestration task needs: an exclusive hold on one workflow, and a
+    count of how often a message came back (to bound a message that kills its worker)."""
 
     def hold(self, workflow_id: str) -> AbstractContextManager[None]:
         """Block up to the configured wait for the lock; release it on exit."""
+        ...
+
+    def count_delivery(self, message_id: str) -> int:
+        """Add one redelivery of this message; return how many were counted so far."""
         ...
 
 
@@ -129,6 +137,26 @@ class FileLocks:
             finally:
                 os.close(fd)
 
+    def count_delivery(self, message_id: str) -> int:
+        """A counter file per redelivered message, incremented under flock.
+
+        Only redelivered messages get one, and a day-old file is stale, so the folder
+        stays small; a crash-looping message is long dead-lettered by then.
+        """
+        folder = os.path.join(self.directory, "deliveries")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        fd = self._open(os.path.join(folder, lock_file_name(message_id)))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            stale = time.time() - os.fstat(fd).st_mtime > DELIVERY_MEMORY_SECONDS
+            raw = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            count = 1 if stale or not raw.isdigit() else int(raw) + 1
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(count).encode(), 0)
+            return count
+        finally:
+            os.close(fd)
+
     def _acquire(self, workflow_id: str, fd: int) -> None:
         """Poll with LOCK_NB (a blocking flock cannot time out) with a little backoff."""
         deadline = time.monotonic() + self.wait
@@ -179,6 +207,21 @@ class RedisLocks:
         except ValueError:
             password = None
         return text.replace(password, "***") if password else text
+
+    def count_delivery(self, message_id: str) -> int:
+        """INCR a per-message counter that expires after a day."""
+        from redis.exceptions import RedisError
+
+        key = (REDIS_DELIVERY_PREFIX + message_id).encode("utf-8", "surrogatepass")
+        try:
+            pipe = self.client.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, int(DELIVERY_MEMORY_SECONDS))
+            count, _ = pipe.execute()
+        except RedisError as exc:
+            problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
+            raise LockUnavailable(message_id, self._scrub(problem)) from None
+        return int(count)
 
     @contextmanager
     def hold(self, workflow_id: str) -> Iterator[None]:

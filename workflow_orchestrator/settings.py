@@ -47,6 +47,10 @@ SETTINGS_DOC: dict[str, tuple[Any, str]] = {
     "RETRY_BACKOFF_SECONDS": (1.0, "First delay of the transient-error backoff"),
     "RETRY_BACKOFF_MAX": (60.0, "Largest delay of the transient-error backoff"),
     "MAX_RETRIES": (120, "Transient retries before a message is dead-lettered"),
+    "MAX_REDELIVERIES": (
+        10,
+        "Redeliveries of one message (its worker died each time) before it is dead-lettered",
+    ),
     "LOCK_URL": ("", "Empty: file locks under LOCK_DIR (one host); `redis://...`: Redis locks"),
     "LOCK_DIR": ("", "Directory of the file locks; empty means the temp dir"),
     "LOCK_TIMEOUT": (60.0, "Seconds a Redis lock lives if its holder dies"),
@@ -138,6 +142,7 @@ class Settings:
     retry_backoff_seconds: float = 1.0
     retry_backoff_max: float = 60.0
     max_retries: int = 120
+    max_redeliveries: int = 10
     lock_url: str = field(default="", repr=False)
     lock_dir: str = ""
     lock_timeout: float = 60.0
@@ -249,6 +254,7 @@ def load_settings(config: Callable[..., Any] | None = None) -> Settings:
         ),
         retry_backoff_max=_positive("RETRY_BACKOFF_MAX", read("RETRY_BACKOFF_MAX", float)),
         max_retries=int(_positive("MAX_RETRIES", read("MAX_RETRIES", int))),
+        max_redeliveries=int(_positive("MAX_REDELIVERIES", read("MAX_REDELIVERIES", int))),
         lock_url=read("LOCK_URL"),
         lock_dir=read("LOCK_DIR"),
         lock_timeout=_positive("LOCK_TIMEOUT", read("LOCK_TIMEOUT", float)),

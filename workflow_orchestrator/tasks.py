@@ -17,6 +17,7 @@ from celery.exceptions import Reject
 from decouple import config as env
 
 from .celery_app import app
+from .crashpoints import crash_point
 from .errors import (
     InvalidRequest,
     ManagerError,
@@ -66,6 +67,7 @@ def process(
     extra_args: tuple[Any, ...] = (),
     ahead_since: str | None = None,
     attempts: int = 0,
+    redelivered: bool = False,
 ) -> str:
     """Process one orchestration message; raise RetryLater or DeadLetter, else return a summary."""
     try:
@@ -78,6 +80,8 @@ def process(
         _dead_letter(rt, f"{exc} ({describe_payload(payload)})")
     workflow_id = request["id"]
     try:
+        if redelivered:
+            _bound_redeliveries(rt, workflow_id, message_key)
         with rt.locks.hold(workflow_id):
             return _transition(rt, request, message_key, ahead_since)
     except TRANSIENT as exc:
@@ -115,11 +119,23 @@ def process(
         )
 
 
+def _bound_redeliveries(rt: Runtime, workflow_id: str, message_key: str) -> None:
+    """A message whose worker died every time it ran it must not loop forever."""
+    count = rt.locks.count_delivery(message_key)
+    if count > rt.settings.max_redeliveries:
+        _dead_letter(
+            rt,
+            f"A message for workflow {workflow_id} was redelivered {count} times (its worker "
+            "died while processing it each time); it is set aside",
+        )
+
+
 def _transition(
     rt: Runtime, request: dict[str, Any], message_key: str, ahead_since: str | None
 ) -> str:
     workflow_id = request["id"]
     stored = rt.manager.get_workflow(workflow_id)
+    crash_point("after_load")
     now = rt.clock()
     decision = transition(
         stored,
@@ -150,7 +166,9 @@ def _transition(
             rt.publisher.worker_request(effect)
         elif isinstance(effect, EmailNotification):
             rt.publisher.email(effect, workflow_id)
+    crash_point("after_publish")
     rt.manager.save_workflow(workflow_id, decision.workflow)
+    crash_point("after_save")
     for note in decision.after_save:
         try:
             rt.publisher.chat(note, workflow_id)
@@ -197,6 +215,7 @@ def orchestrate(
                 extra_args=extra_args,
                 ahead_since=ahead_since,
                 attempts=attempts,
+                redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
             )
     except RetryLater as later:
         kwargs = {k: v for k, v in later.carry.items() if v}
