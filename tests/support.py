@@ -31,8 +31,10 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condi
         time.sleep(0.05)
 
 
-class OrchestratorProcess:
-    """One orchestrator worker process; `env` holds its settings (CONTRACT names)."""
+class WorkerProcess:
+    """One `celery -A <app> worker` process; `env` holds its settings."""
+
+    app_module = "tests.peers"
 
     def __init__(
         self,
@@ -40,31 +42,32 @@ class OrchestratorProcess:
         *,
         pool: str = "threads",
         concurrency: int = 4,
-        name: str = "orchestrator",
+        name: str = "worker",
         log_level: str = "INFO",
+        queues: list[str] | None = None,
     ) -> None:
         self.env = env
         self.pool = pool
         self.concurrency = concurrency
         self.name = name
         self.log_level = log_level
+        self.queues = queues
         self.log_path = Path(tempfile.mkstemp(prefix=f"wo-{name}-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
     def command(self) -> list[str]:
-        return [
+        command = [
             sys.executable,
             "-m",
             "celery",
             "-A",
-            "workflow_orchestrator",
+            self.app_module,
             "worker",
             "-P",
             self.pool,
             "-c",
             str(self.concurrency),
-            "-Q",
-            self.env.get("QUEUE_NAME", "workflow_orchestration"),
             "-n",
             f"{self.name}-{os.getpid()}-{id(self)}@test",
             "--without-mingle",
@@ -72,8 +75,12 @@ class OrchestratorProcess:
             "-l",
             self.log_level,
         ]
+        if self.queues:
+            command += ["-Q", ",".join(self.queues)]
+        return command
 
-    def start(self) -> OrchestratorProcess:
+    def start(self) -> WorkerProcess:
+        self.starts += 1
         env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -106,6 +113,16 @@ class OrchestratorProcess:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+class OrchestratorProcess(WorkerProcess):
+    """The orchestrator as the Procfile runs it, consuming its own queue only."""
+
+    app_module = "workflow_orchestrator"
+
+    def __init__(self, env: dict[str, str], *, name: str = "orchestrator", **options: Any) -> None:
+        options.setdefault("queues", [env.get("QUEUE_NAME", "workflow_orchestration")])
+        super().__init__(env, name=name, **options)
 
 
 def settings_env(settings: Any) -> dict[str, str]:

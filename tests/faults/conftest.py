@@ -1,0 +1,304 @@
+"""Fault-injection harness: many workflows through real worker processes, the real
+broker and the Manager emulator, with faults injected; then every workflow is checked.
+
+Per workflow: completed as expected; every event line the contract promises present
+exactly once; the saved event log never shrank from one PUT to the next; one worker
+request id per step; one e-mail task id.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection
+
+from tests.support import OrchestratorProcess, WorkerProcess, settings_env, wait_for
+from workflow_orchestrator.emulator import ManagerEmulator
+from workflow_orchestrator.queues import error_queue
+from workflow_orchestrator.settings import Settings
+from workflow_orchestrator.transition import email_task_id
+from workflow_orchestrator.worker_api import worker_app
+
+BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+SECRET = f"secret-{uuid.uuid4().hex}"
+EMAIL_CONFIG = {"email": {"events": {"on_workflow_completed": ["ops@example.com"]}}}
+
+#: The lines a successful [build, deploy] workflow must log, each exactly once.
+EXPECTED_LINES = (
+    "Starting workflow...",
+    "Starting Workflow Milestone: build",
+    "Dispatching a build request to exchange 1, docker build cluster build-cluster-1...",
+    "Completed Workflow Milestone: build, in ",
+    "Starting Workflow Milestone: deploy",
+    "Dispatching a deploy request to exchange 1, deployment cluster deploy-cluster-1...",
+    "Completed Workflow Milestone: deploy, in ",
+    "Workflow completed in ",
+    "Sending on_workflow_completed email notification to the following recipient(s): "
+    "ops@example.com",
+)
+
+
+@dataclass
+class FaultSystem:
+    emulator: ManagerEmulator
+    settings: Settings
+    orchestrators: list[OrchestratorProcess]
+    peers: WorkerProcess
+    record_path: Path
+    supervise: bool = True
+    restarts: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _caller: Any = None
+
+    # -- processes -----------------------------------------------------------------
+    def start(self) -> FaultSystem:
+        self.peers.start()
+        for orchestrator in self.orchestrators:
+            orchestrator.start()
+        wait_for(self._all_registered, 40, "the orchestrator workers to register")
+        wait_for(lambda: "ready." in self.peers.log(), 40, "the peer worker to start")
+        threading.Thread(target=self._supervisor, daemon=True).start()
+        return self
+
+    def _all_registered(self) -> bool:
+        hosts = {m["hostname"] for m in self.emulator.modules("1")}
+        return all(o.env["HOSTNAME"] in hosts for o in self.orchestrators)
+
+    def _supervisor(self) -> None:
+        """Restart a worker that died, as systemd or Kubernetes would."""
+        while not self._stop.wait(0.2):
+            if not self.supervise:
+                continue
+            for process in [*self.orchestrators, self.peers]:
+                if process.process is not None and not process.alive():
+                    self.restarts += 1
+                    process.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for process in [*self.orchestrators, self.peers]:
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(o.log() for o in self.orchestrators)
+
+    # -- workflows -------------------------------------------------------------------
+    def caller(self) -> Any:
+        if self._caller is None:
+            self._caller = worker_app(
+                "fault-caller", BROKER_URL, orchestration_queue=self.settings.queue_name
+            )
+        return self._caller
+
+    def start_workflows(self, count: int, **message: Any) -> list[str]:
+        """Create `count` [build, deploy] workflows and start each (message fields as given)."""
+        ids = []
+        for _ in range(count):
+            wid = self.emulator.add_workflow(
+                {
+                    "deployment_repo": "Test-Org/app_docker",
+                    "source_repo": "Test-Org/app",
+                    "source_repo_git_ref": "abc123",
+                    "milestones": ["build", "deploy"],
+                }
+            )
+            ids.append(wid)
+            self.send_start(wid, **message)
+        return ids
+
+    def send_start(self, workflow_id: str, **fields: Any) -> None:
+        caller = self.caller()
+        caller.send_task(
+            self.settings.orchestrate_task,
+            args=[{"id": workflow_id, **fields}],
+            queue=self.settings.queue_name,
+        )
+
+    def wait_all_completed(self, ids: list[str], timeout: float) -> None:
+        def done() -> bool:
+            return all((self.emulator.get_workflow(w) or {}).get("workflow_completed") for w in ids)
+
+        try:
+            wait_for(done, timeout, f"{len(ids)} workflows to complete")
+        except AssertionError:
+            pending = [
+                w for w in ids if not self.emulator.get_workflow(w).get("workflow_completed")
+            ]
+            raise AssertionError(
+                f"{len(pending)} of {len(ids)} workflows did not complete, e.g. "
+                f"{self.emulator.get_workflow(pending[0])['event_log']}\n--- logs ---\n"
+                + self.logs()[-4000:]
+            ) from None
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.record_path.exists():
+            return []
+        return [json.loads(line) for line in self.record_path.read_text().splitlines() if line]
+
+    def dead_letters(self) -> list[Any]:
+        out = []
+        with Connection(BROKER_URL) as conn:
+            queue = error_queue(self.settings.error_queue_name)(conn.default_channel)
+            while (message := queue.get(no_ack=True)) is not None:
+                out.append(message)
+        return out
+
+    # -- the checks every scenario makes -------------------------------------------------
+    def check(self, ids: list[str], *, settle: float = 1.5) -> dict[str, int]:
+        """Assert the per-workflow promises; return figures for the README."""
+        time.sleep(settle)  # let late duplicates and e-mails land
+        records = self.records()
+        requests: dict[tuple[str, str], set[str]] = defaultdict(set)
+        emails: dict[str, set[str]] = defaultdict(set)
+        for r in records:
+            if r["kind"] == "request":
+                requests[(r["workflow"], r["step"])].add(r["task_id"])
+            elif r["kind"] == "email":
+                emails[r["workflow"]].add(r["task_id"])
+        for wid in ids:
+            wf = self.emulator.get_workflow(wid)
+            assert wf["workflow_completed"] is True and wf["workflow_error"] is False, wf
+            lines = [line.split("] ", 1)[1] for line in wf["event_log"] if line.startswith("[OA]")]
+            for expected in EXPECTED_LINES:
+                found = [line for line in lines if line.startswith(expected)]
+                assert len(found) == 1, (wid, expected, wf["event_log"])
+            assert len(wf["event_log"]) == len(set(wf["event_log"])), wf["event_log"]
+            puts = self.emulator.workflow_puts(wid)
+            for before, after in zip(puts, puts[1:], strict=False):
+                old, new = before.get("event_log") or [], after.get("event_log") or []
+                assert new[: len(old)] == old, f"the event log of {wid} shrank or changed"
+            for step in ("build", "deploy"):
+                assert len(requests[(wid, step)]) == 1, (wid, step, requests[(wid, step)])
+            assert emails[wid] == {email_task_id(wid)}, (wid, emails[wid])
+        return {
+            "workflows": len(ids),
+            "requests": sum(len(v) for v in requests.values()),
+            "restarts": self.restarts,
+            "lost": 0,
+        }
+
+
+def make_system(
+    emulator: ManagerEmulator,
+    *,
+    orchestrators: int = 1,
+    pool: str = "threads",
+    concurrency: int = 4,
+    duplicate: bool = False,
+    extra_env: dict[str, str] | None = None,
+    **settings_changes: Any,
+) -> FaultSystem:
+    tag = uuid.uuid4().hex[:8]
+
+    def q(name: str) -> str:
+        return f"wo_fault_{tag}_{name}"
+
+    settings = Settings(
+        exchange_id="1",
+        broker_id="1",
+        manager_url=emulator.url,
+        oauth_login_url=emulator.token_url,
+        oauth_client_id="orchestrator",
+        oauth_client_secret=SECRET,
+        queue_name=q("orchestration"),
+        ui_url="http://ui.example",
+        celery_broker_url=BROKER_URL,
+        manager_connect_timeout=1.0,
+        manager_read_timeout=2.0,
+        out_of_order_retry_seconds=0.2,
+        retry_backoff_seconds=0.25,
+        retry_backoff_max=4.0,
+        max_retries=60,
+        lock_dir=tempfile.mkdtemp(prefix="wo-fault-locks-"),
+        builder_queue=q("builder"),
+        deployer_queue=q("deployer"),
+        deploy_oa_queue=q("deploy_oa"),
+        hipchat_queue=q("hipchat"),
+        email_queue=q("email"),
+        **settings_changes,
+    )
+    record = Path(tempfile.mkstemp(prefix="wo-peers-", suffix=".jsonl")[1])
+    peers_env = {
+        "CELERY_BROKER_URL": BROKER_URL,
+        "PEERS_RECORD": str(record),
+        "PEERS_DUPLICATE": "1" if duplicate else "0",
+        "PEERS_BUILDER_QUEUE": settings.builder_queue,
+        "PEERS_DEPLOYER_QUEUE": settings.deployer_queue,
+        "PEERS_DEPLOY_OA_QUEUE": settings.deploy_oa_queue,
+        "PEERS_HIPCHAT_QUEUE": settings.hipchat_queue,
+        "PEERS_EMAIL_QUEUE": settings.email_queue,
+        "PEERS_ORCHESTRATION_QUEUE": settings.queue_name,
+    }
+    processes = []
+    for n in range(orchestrators):
+        env = {**settings_env(settings), "HOSTNAME": f"orchestrator-{tag}-{n}", **(extra_env or {})}
+        processes.append(
+            OrchestratorProcess(env, pool=pool, concurrency=concurrency, name=f"orch{n}")
+        )
+    peers = WorkerProcess(peers_env, concurrency=8, name="peers")
+    return FaultSystem(emulator, settings, processes, peers, record)
+
+
+def delete_queues(settings: Settings) -> None:
+    with Connection(BROKER_URL) as conn:
+        for name in (
+            settings.queue_name,
+            settings.error_queue_name,
+            settings.builder_queue,
+            settings.deployer_queue,
+            settings.deploy_oa_queue,
+            settings.hipchat_queue,
+            settings.email_queue,
+        ):
+            try:
+                conn.default_channel.queue_delete(name)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[ManagerEmulator]:
+    manager = ManagerEmulator(
+        client_id="orchestrator", client_secret=SECRET, broker_url=BROKER_URL
+    ).start()
+    manager.add_exchange("1", name="local")
+    manager.add_module("1", "builder", hostname="builder-1")
+    manager.add_module("1", "deployer", hostname="deployer-1")
+    manager.add_cluster("build-cluster-1", 1, allow_docker_builds=True)
+    manager.add_cluster("deploy-cluster-1", 1)
+    yield manager
+    manager.stop()
+
+
+@pytest.fixture
+def build_system(emulator: ManagerEmulator) -> Iterator[Any]:
+    made: list[FaultSystem] = []
+
+    def build(**options: Any) -> FaultSystem:
+        system = make_system(emulator, **options)
+        made.append(system)
+        return system.start()
+
+    yield build
+    for system in made:
+        system.stop()
+        delete_queues(system.settings)
+        emulator.reset_faults()
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    """Figures of the last run, for the README's reliability table."""
+    path = Path(tempfile.gettempdir()) / "wo-fault-figures.jsonl"
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"scenario": name, **figures}) + "\n")
+    print(f"\n[fault figures] {name}: {figures}")
