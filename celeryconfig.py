@@ -4,6 +4,7 @@ Loaded by `workflow_orchestrator.celery_app`. Only what Celery needs to connect 
 route is read here; the orchestrator's own settings are validated at worker start.
 """
 
+from celery.app.defaults import NAMESPACES as _DEFAULTS
 from decouple import config
 
 from workflow_orchestrator.queues import orchestration_queue
@@ -26,7 +27,11 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 # A failure that escapes the task is rejected (dead-lettered), never acked and lost.
-task_acks_on_failure_or_timeout = False
+if "acks_on_failure" in _DEFAULTS["task"]:  # Celery 5.7 split the setting in two
+    task_acks_on_failure = False
+    task_acks_on_timeout = False
+else:
+    task_acks_on_failure_or_timeout = False
 # On a lost broker connection stop the running transitions: their messages come back.
 worker_cancel_long_running_tasks_on_connection_loss = True
 

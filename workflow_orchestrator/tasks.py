@@ -99,7 +99,7 @@ def process(
             random.random(),
         )
         logger.warning(
-            "workflow %s: transient failure (attempt %d), retrying in %.1f s: %s",
+            "workflow %s: transient failure (attempt %d), retrying in %.2f s: %s",
             workflow_id,
             attempts,
             delay,
