@@ -412,3 +412,27 @@ def test_redis_delivery_counts_per_message() -> None:
     message = f"msg-{uuid.uuid4()}"
     assert [locks.count_delivery(message) for _ in range(3)] == [1, 2, 3]
     assert 0 < locks.client.ttl(f"workflow-orchestrator:deliveries:{message}") <= 86400
+
+
+def check_transition_time(locks: object) -> None:
+    wid = f"wf-{uuid.uuid4()}"
+    first = locks.transition_time(wid, "state-a", "2026-01-01T00:00:00+00:00")
+    again = locks.transition_time(wid, "state-a", "2026-01-01T00:00:09+00:00")
+    moved = locks.transition_time(wid, "state-b", "2026-01-01T00:00:20+00:00")
+    back = locks.transition_time(wid, "state-a", "2026-01-01T00:00:30+00:00")
+    assert (first, again) == ("2026-01-01T00:00:00+00:00",) * 2  # a redo reuses the time
+    assert moved == "2026-01-01T00:00:20+00:00"  # a new stored state gets a new time
+    assert back == "2026-01-01T00:00:30+00:00"  # only the latest state is remembered
+
+
+def test_file_transition_time(tmp_path: Path) -> None:
+    check_transition_time(FileLocks(str(tmp_path), wait=1))
+
+
+def test_redis_transition_time() -> None:
+    locks = RedisLocks("redis://127.0.0.1:6379/0", timeout=5, wait=1)
+    try:
+        locks.client.ping()
+    except Exception:  # noqa: BLE001
+        pytest.skip("Redis at 127.0.0.1:6379 does not answer PING")
+    check_transition_time(locks)

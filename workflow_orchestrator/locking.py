@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 REDIS_KEY_PREFIX = "workflow-orchestrator:lock:"
 REDIS_DELIVERY_PREFIX = "workflow-orchestrator:deliveries:"
+REDIS_TIME_PREFIX = "workflow-orchestrator:transition-time:"
 #: How long a redelivery count is remembered.
 DELIVERY_MEMORY_SECONDS = 86400.0
 
@@ -73,6 +74,11 @@ class WorkflowLocks(Protocol):
 
     def count_delivery(self, message_id: str) -> int:
         """Add one redelivery of this message; return how many were counted so far."""
+        ...
+
+    def transition_time(self, workflow_id: str, state: str, now: str) -> str:
+        """The time first used to transition this workflow from stored `state`, or `now`
+        (remembered) if none was. Called while holding the workflow's lock."""
         ...
 
 
@@ -157,6 +163,26 @@ class FileLocks:
         finally:
             os.close(fd)
 
+    def transition_time(self, workflow_id: str, state: str, now: str) -> str:
+        """One small file per workflow beside its lock, holding `state now`."""
+        path = self.path_for(workflow_id)[: -len(".lock")] + ".time"
+        try:
+            with open(path) as handle:
+                remembered_state, _, remembered = handle.read().strip().partition(" ")
+            fresh = time.time() - os.stat(path).st_mtime < DELIVERY_MEMORY_SECONDS
+            if remembered_state == state and remembered and fresh:
+                return remembered
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
+        try:
+            with open(path, "w") as handle:
+                handle.write(f"{state} {now}")
+        except OSError as exc:
+            raise LockUnavailable(workflow_id, f"cannot write {path}: {exc}") from exc
+        return now
+
     def _acquire(self, workflow_id: str, fd: int) -> None:
         """Poll with LOCK_NB (a blocking flock cannot time out) with a little backoff."""
         deadline = time.monotonic() + self.wait
@@ -222,6 +248,22 @@ class RedisLocks:
             problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
             raise LockUnavailable(message_id, self._scrub(problem)) from None
         return int(count)
+
+    def transition_time(self, workflow_id: str, state: str, now: str) -> str:
+        from redis.exceptions import RedisError
+
+        key = (REDIS_TIME_PREFIX + workflow_id).encode("utf-8", "surrogatepass")
+        try:
+            raw = self.client.get(key)
+            if raw is not None:
+                remembered_state, _, remembered = raw.decode().partition(" ")
+                if remembered_state == state and remembered:
+                    return remembered
+            self.client.set(key, f"{state} {now}", ex=int(DELIVERY_MEMORY_SECONDS))
+        except RedisError as exc:
+            problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
+            raise LockUnavailable(workflow_id, self._scrub(problem)) from None
+        return now
 
     @contextmanager
     def hold(self, workflow_id: str) -> Iterator[None]:

@@ -32,7 +32,14 @@ from .publisher import describe, message_event
 from .request import describe_payload, parse_request
 from .runtime import Runtime, get_runtime
 from .timefmt import parse_instant, to_iso
-from .transition import EmailNotification, Outcome, WorkerRequest, transition
+from .transition import (
+    EmailNotification,
+    Outcome,
+    WorkerRequest,
+    classify,
+    state_fingerprint,
+    transition,
+)
 
 logger = logging.getLogger("workflow_orchestrator.tasks")
 
@@ -135,8 +142,11 @@ def _transition(
 ) -> str:
     workflow_id = request["id"]
     stored = rt.manager.get_workflow(workflow_id)
-    crash_point("after_load")
+    crash_point("after_load", workflow_id)
     now = rt.clock()
+    if classify(stored, request)[0] is None:  # it will be applied: maybe a redo
+        first = rt.locks.transition_time(workflow_id, state_fingerprint(stored), to_iso(now))
+        now = parse_instant(first) or now
     decision = transition(
         stored,
         request,
@@ -166,9 +176,9 @@ def _transition(
             rt.publisher.worker_request(effect)
         elif isinstance(effect, EmailNotification):
             rt.publisher.email(effect, workflow_id)
-    crash_point("after_publish")
+    crash_point("after_publish", workflow_id)
     rt.manager.save_workflow(workflow_id, decision.workflow)
-    crash_point("after_save")
+    crash_point("after_save", workflow_id)
     for note in decision.after_save:
         try:
             rt.publisher.chat(note, workflow_id)

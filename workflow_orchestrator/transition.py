@@ -10,6 +10,8 @@ workflow therefore yields the same decisions and the same task ids.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -137,6 +139,20 @@ class Decision:
 def derived_task_id(*parts: Any) -> str:
     """A task id that is the same whenever its parts are (redelivery gives the same id)."""
     return str(uuid.uuid5(TASK_ID_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+
+
+def state_fingerprint(stored: dict[str, Any]) -> str:
+    """Identifies a stored version of a workflow: every applied transition changes it.
+
+    A transition redone from the same stored version (its save was lost to a crash or
+    failed) must reuse the first attempt's clock reading, so it writes the very same
+    event lines, durations and requests the first attempt may already have published.
+    """
+    log = stored.get("event_log") or []
+    basis = [stored.get("current_step"), bool(stored.get("workflow_completed")), len(log)]
+    basis.append(log[-1] if log else None)
+    digest = hashlib.sha256(json.dumps(basis, default=str).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:32]
 
 
 def email_task_id(workflow_id: str) -> str:

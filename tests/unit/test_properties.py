@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import given, settings
@@ -12,6 +12,8 @@ from workflow_orchestrator.transition import (
     EngineConfig,
     Outcome,
     WorkerRequest,
+    classify,
+    state_fingerprint,
     transition,
 )
 from workflow_orchestrator.workflow import persisted_view
@@ -81,18 +83,24 @@ def test_any_order_duplicates_and_redeliveries_end_in_the_same_state(
     ids_per_step: dict[str, set[str]] = {}
     saved_logs: list[list[str]] = []
     counter = 0
+    clock = NOW
+    first_time: dict[str, datetime] = {}  # the shell's remembered transition times
     for _ in range(400):
         if not pool:
             break
         key, message = pool.pop(data.draw(st.integers(0, len(pool) - 1), label="pick"))
+        clock += timedelta(seconds=0.6)  # every attempt happens later than the last
+        now = clock
+        if classify(store, message)[0] is None:
+            now = first_time.setdefault(state_fingerprint(store), clock)
         decision = transition(
             store,
             message,
-            now=NOW,
+            now=now,
             topology=FakeTopology(),
             config=CONFIG,
             message_key=key,
-            ahead_since=NOW,
+            ahead_since=clock,
         )
         assert decision.outcome is not Outcome.INCONSISTENT, decision.summary
         if decision.outcome is Outcome.AHEAD:
@@ -113,7 +121,14 @@ def test_any_order_duplicates_and_redeliveries_end_in_the_same_state(
         store = save(decision.workflow)
         saved_logs.append(store["event_log"])
     assert not pool, "messages left unprocessed"
-    assert store == reference
+    assert store["workflow_completed"] is True and store["workflow_error"] is False
+    assert set(store["workflow_step_durations"]) == set(reference["workflow_step_durations"])
+
+    # the same lines as the in-order run, each once (durations may read differently)
+    def shape(log: list[str]) -> list[str]:
+        return [line.split(", in ")[0].split(" in ")[0] for line in log]
+
+    assert shape(store["event_log"]) == shape(reference["event_log"])
     assert all(len(ids) == 1 for ids in ids_per_step.values()), ids_per_step
     for before, after in zip(saved_logs, saved_logs[1:], strict=False):
         assert after[: len(before)] == before  # the saved log never shrinks or reorders
