@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery, bootsteps, signals
 
 from .errors import SettingsError
-from .logs import configure_logging
+from .logs import DropRejectTraces, configure_logging
 from .queues import error_queue
 
 logger = logging.getLogger("workflow_orchestrator")
@@ -41,6 +41,7 @@ class DeclareErrorQueue(bootsteps.StartStopStep):
 
 
 app.steps["consumer"].add(DeclareErrorQueue)
+logging.getLogger("celery.app.trace").addFilter(DropRejectTraces())
 
 
 def _ours(sender: Any) -> bool:

@@ -4,6 +4,7 @@ A point does nothing unless WORKFLOW_ORCHESTRATOR_CRASH_AT names it and
 WORKFLOW_ORCHESTRATOR_CRASH_BUDGET names a file holding how many crashes are still
 allowed. Then, with WORKFLOW_ORCHESTRATOR_CRASH_PROBABILITY (default 0.2), the process
 SIGKILLs itself there: exactly what a power cut or the OOM killer does mid-transition.
+WORKFLOW_ORCHESTRATOR_CRASH_WORKFLOW limits the crashes to one workflow id.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import signal
 POINTS = ("after_load", "after_publish", "after_save")
 
 
-def crash_point(name: str) -> None:
+def crash_point(name: str, workflow_id: str = "") -> None:
     wanted = os.environ.get("WORKFLOW_ORCHESTRATOR_CRASH_AT", "")
     budget = os.environ.get("WORKFLOW_ORCHESTRATOR_CRASH_BUDGET", "")
     if not wanted or not budget or name not in wanted.split(","):
+        return
+    only = os.environ.get("WORKFLOW_ORCHESTRATOR_CRASH_WORKFLOW", "")
+    if only and only != workflow_id:
         return
     if random.random() >= float(os.environ.get("WORKFLOW_ORCHESTRATOR_CRASH_PROBABILITY", "0.2")):
         return

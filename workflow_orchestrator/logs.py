@@ -52,6 +52,17 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class DropRejectTraces(logging.Filter):
+    """Celery logs a WARNING with a traceback for every rejected task; the orchestrator
+    has already said why in one line, so a poison message costs one line, not twenty."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from celery.exceptions import Reject
+
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, Reject)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the context ids and any `extra` fields."""
 

@@ -203,6 +203,15 @@ def make_system(
     def q(name: str) -> str:
         return f"wo_fault_{tag}_{name}"
 
+    options: dict[str, Any] = {
+        "manager_connect_timeout": 1.0,
+        "manager_read_timeout": 2.0,
+        "out_of_order_retry_seconds": 0.2,
+        "retry_backoff_seconds": 0.25,
+        "retry_backoff_max": 4.0,
+        "max_retries": 60,
+        **settings_changes,
+    }
     settings = Settings(
         exchange_id="1",
         broker_id="1",
@@ -213,19 +222,13 @@ def make_system(
         queue_name=q("orchestration"),
         ui_url="http://ui.example",
         celery_broker_url=BROKER_URL,
-        manager_connect_timeout=1.0,
-        manager_read_timeout=2.0,
-        out_of_order_retry_seconds=0.2,
-        retry_backoff_seconds=0.25,
-        retry_backoff_max=4.0,
-        max_retries=60,
         lock_dir=tempfile.mkdtemp(prefix="wo-fault-locks-"),
         builder_queue=q("builder"),
         deployer_queue=q("deployer"),
         deploy_oa_queue=q("deploy_oa"),
         hipchat_queue=q("hipchat"),
         email_queue=q("email"),
-        **settings_changes,
+        **options,
     )
     record = Path(tempfile.mkstemp(prefix="wo-peers-", suffix=".jsonl")[1])
     peers_env = {
