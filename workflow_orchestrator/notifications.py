@@ -33,7 +33,7 @@ def chat_payload(workflow: dict[str, Any], message: str, is_success: bool) -> di
     }
 
 
-def completion_recipients(workflow: dict[str, Any]) -> list[str] | None:
+def completion_recipients(workflow: dict[str, Any]) -> list[Any] | None:
     """`on_workflow_completed` expanded through the groups; None when not configured."""
     email = _section(workflow.get("notifications_config"), "email")
     wanted = _section(email, "events", "on_workflow_completed")
@@ -41,20 +41,20 @@ def completion_recipients(workflow: dict[str, Any]) -> list[str] | None:
         return None
     groups = _section(email, "groups")
     groups = groups if isinstance(groups, dict) else {}
-    recipients: list[str] = []
-    for entry in wanted:
+    recipients: list[Any] = []
+    for entry in wanted:  # a group name becomes its members; anything else stays as is
         members = groups.get(entry) if isinstance(entry, str) else None
         if isinstance(members, list):
-            recipients.extend(str(m) for m in members)
-        elif isinstance(members, str):
+            recipients.extend(members)
+        elif members is not None:
             recipients.append(members)
         else:
-            recipients.append(str(entry))
+            recipients.append(entry)
     return recipients
 
 
 def completion_email(
-    workflow: dict[str, Any], recipients: list[str], ui_url: str
+    workflow: dict[str, Any], recipients: list[Any], ui_url: str
 ) -> dict[str, Any]:
     """The `notifications.email` argument sent when a workflow finishes."""
     prefix = event_prefix(workflow)

@@ -444,7 +444,7 @@ class _Run:
             return
         self.log(
             "Sending on_workflow_completed email notification to the following recipient(s): "
-            + ", ".join(recipients)
+            + ", ".join(str(r) for r in recipients)
         )
         self._stamp()
         payload = completion_email(self.workflow, recipients, self.config.ui_url)

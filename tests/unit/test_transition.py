@@ -669,3 +669,23 @@ def test_saved_view_always_carries_workflow_completed() -> None:
 
 def test_system_event_kind() -> None:
     assert SystemEvent("x").message == "x"
+
+
+def test_recipients_expand_groups_and_keep_other_entries_as_they_are() -> None:
+    config = {
+        "email": {
+            "groups": {"team": ["a@x", "b@x"], "solo": "s@x"},
+            "events": {"on_workflow_completed": ["team", "unknown-group", 42, "solo", "a@x"]},
+        }
+    }
+    decision = run(stored_workflow(milestones=[]), {"id": WID, "notifications_config": config})
+    (email,) = emails(decision)
+    assert email.payload["notifications"]["email_addresses"] == [
+        "a@x",
+        "b@x",
+        "unknown-group",
+        42,
+        "s@x",
+        "a@x",
+    ]
+    assert lines(decision)[-1].endswith("recipient(s): a@x, b@x, unknown-group, 42, s@x, a@x")
