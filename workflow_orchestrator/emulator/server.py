@@ -32,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from ..publisher import describe
 from ..queues import orchestration_queue
 from ..settings import redact_url
 from .store import Conflict, Store, StoreError
@@ -803,7 +804,13 @@ class ManagerEmulator:
     def _publish(self, payload: dict[str, Any]) -> str:
         """Enqueue the orchestration exactly as a Celery caller would, with confirms."""
         app = self._celery_app()
-        result = app.send_task(self.orchestrate_task, args=[payload], queue=self.queue_name)
+        result = app.send_task(
+            self.orchestrate_task,
+            args=[payload],
+            queue=self.queue_name,
+            argsrepr=describe(payload, "start"),
+            kwargsrepr="{}",
+        )
         return str(result.id)
 
     def _celery_app(self) -> Any:
