@@ -1,0 +1,782 @@
+"""The `workflow-orchestrator` command: the pure status view, then the real console
+script run as a subprocess against a live system (Manager emulator, the orchestrator
+worker process, RabbitMQ, demo peer workers in this process).
+
+Queue names are unique to the session and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from click.testing import CliRunner
+from kombu import Connection
+
+from tests.support import REPO, OrchestratorProcess, settings_env, wait_for
+from workflow_orchestrator.cli import (
+    LiveLine,
+    cli,
+    describe_workflow,
+    event_message,
+    follow,
+    progress_text,
+    render_status,
+)
+from workflow_orchestrator.demo import Inbox, peer_queues, register_demo_workers
+from workflow_orchestrator.emulator import ManagerEmulator
+from workflow_orchestrator.errors import ManagerNotFound, ManagerTransientError
+from workflow_orchestrator.settings import Settings
+from workflow_orchestrator.worker_api import worker_app
+
+BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+SUFFIX = uuid.uuid4().hex[:8]
+SECRET = f"cli-secret-{uuid.uuid4().hex}"
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+# -- the status view (pure) -------------------------------------------------------------
+
+WID = "5b1d7f1e-8a4e-4c1e-9a55-0c1b2c3d4e5f"
+P = f"[OA][{WID}][Org/app_docker]"
+
+
+def stored(**fields: Any) -> dict[str, Any]:
+    return {
+        "id": WID,
+        "deployment_repo": "Org/app_docker",
+        "deployment_repo_git_ref": "master",
+        "milestones": ["build", "deploy"],
+        "current_step": None,
+        "workflow_step_durations": {},
+        "workflow_completed": False,
+        "workflow_error": False,
+        "event_log": [],
+        **fields,
+    }
+
+
+def test_a_workflow_not_started_is_pending() -> None:
+    view = describe_workflow(stored())
+    assert view["state"] == "pending"
+    assert view["finished"] is False
+    assert [m["state"] for m in view["milestones"]] == ["pending", "pending"]
+    assert (view["milestone_index"], view["milestone_count"]) == (0, 2)
+    assert view["failure"] is None
+    assert view["duration"] is None
+
+
+def test_a_running_workflow_has_done_running_and_pending_milestones() -> None:
+    view = describe_workflow(
+        stored(
+            milestones=["build", "deploy", "deploy_oa"],
+            current_step="deploy",
+            workflow_step_durations={"build": "3 second(s)"},
+            elapsed_workflow_time="4 second(s)",
+            event_log=[
+                f"{P} Starting workflow...",
+                f"{P} Starting Workflow Milestone: build",
+                f"[OA][{WID}] build done",
+                f"{P} Completed Workflow Milestone: build, in 3 second(s)",
+                f"{P} Starting Workflow Milestone: deploy",
+            ],
+        ),
+        events=2,
+    )
+    assert view["state"] == "running"
+    assert view["milestones"] == [
+        {"name": "build", "state": "done", "duration": "3 second(s)"},
+        {"name": "deploy", "state": "running", "duration": None},
+        {"name": "deploy_oa", "state": "pending", "duration": None},
+    ]
+    assert (view["milestone_index"], view["milestone_count"]) == (2, 3)
+    assert view["events"] == [
+        "Completed Workflow Milestone: build, in 3 second(s)",
+        "Starting Workflow Milestone: deploy",
+    ]
+    assert view["event_count"] == 5
+    assert view["elapsed"] == "4 second(s)"
+    assert progress_text(view, 4.25) == "[2/3] deploy running  4.2s"
+
+
+def test_a_succeeded_workflow_has_every_milestone_done() -> None:
+    view = describe_workflow(
+        stored(
+            current_step="workflow_completed",
+            workflow_completed=True,
+            workflow_duration="9 second(s)",
+            workflow_step_durations={"build": "5 second(s)", "deploy": "4 second(s)"},
+        )
+    )
+    assert view["state"] == "succeeded"
+    assert [m["state"] for m in view["milestones"]] == ["done", "done"]
+    assert view["duration"] == "9 second(s)"
+    assert view["milestone_index"] == 2
+    assert "succeeded in 9 second(s)" in render_status(view)
+
+
+def test_a_worker_failure_names_the_step_and_both_reasons() -> None:
+    log = [
+        f"{P} Starting workflow...",
+        f"{P} Starting Workflow Milestone: build",
+        f"[OA][{WID}] build of Org/app_docker failed",
+        f"[OA][{WID}] Workflow step failed: docker build exited with status 1",
+        f"{P} Workflow Milestone Failed: build.  Reason: Milestone worker has reported a failure",
+        f"{P} Workflow has failed in 2 second(s)",
+        f"{P} Completed Workflow Milestone: build, in 2 second(s)",
+    ]
+    view = describe_workflow(
+        stored(
+            current_step="build",
+            workflow_completed=True,
+            workflow_error=True,
+            workflow_duration="2 second(s)",
+            workflow_step_durations={"build": "2 second(s)"},
+            event_log=log,
+        )
+    )
+    assert view["state"] == "failed"
+    assert [m["state"] for m in view["milestones"]] == ["failed", "pending"]
+    assert view["failure"] == {
+        "step": "build",
+        "reason": "Milestone worker has reported a failure",
+        "worker_reason": "docker build exited with status 1",
+    }
+    text = render_status(view)
+    assert "State:    failed at build (milestone 1 of 2) after 2 second(s)" in text
+    assert (
+        "Reason:   Milestone worker has reported a failure "
+        "(worker: docker build exited with status 1)"
+    ) in text
+    assert re.search(r"^  build   failed   2 second\(s\)$", text, re.M)
+    assert re.search(r"^  deploy  pending$", text, re.M)
+    assert "Last 5 of 7 events:" in text
+
+
+def test_a_failure_before_any_milestone_has_no_step() -> None:
+    view = describe_workflow(
+        stored(
+            milestones=["build", "bake"],
+            workflow_completed=True,
+            workflow_error=True,
+            event_log=[
+                f"{P} Starting workflow...",
+                f"{P} Workflow Milestone Failed: none.  Reason: Unknown milestone: bake",
+            ],
+        )
+    )
+    assert view["failure"] == {
+        "step": None,
+        "reason": "Unknown milestone: bake",
+        "worker_reason": None,
+    }
+    assert [m["state"] for m in view["milestones"]] == ["pending", "pending"]
+    assert "failed before any milestone" in render_status(view)
+
+
+def test_odd_workflows_do_not_break_the_view() -> None:
+    view = describe_workflow({"id": WID, "milestones": "build", "event_log": None}, events=0)
+    assert view["state"] == "pending"
+    assert view["milestones"] == [] and view["events"] == []
+    failed = describe_workflow(stored(workflow_completed=True, workflow_error=True))
+    assert failed["failure"]["reason"].startswith("unknown")
+
+
+def test_event_prefixes_are_removed() -> None:
+    assert event_message(f"{P} Starting workflow...") == "Starting workflow..."
+    assert event_message(f"[OA][{WID}] build done") == "build done"
+    assert event_message("no prefix") == "no prefix"
+
+
+class Feed:
+    """A fake Manager answering the stored workflow of successive polls."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.now = 0.0
+
+    def fetch(self) -> dict[str, Any]:
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _events(*messages: str) -> list[str]:
+    return [f"{P} {m}" for m in messages]
+
+
+RUNNING = stored(
+    current_step="build",
+    event_log=_events("Starting workflow...", "Starting Workflow Milestone: build"),
+)
+DONE = stored(
+    current_step="workflow_completed",
+    workflow_completed=True,
+    workflow_duration="3 second(s)",
+    event_log=_events(
+        "Starting workflow...",
+        "Starting Workflow Milestone: build",
+        "Completed Workflow Milestone: build, in 1 second(s)",
+        "Workflow completed in 3 second(s)",
+    ),
+)
+
+
+def test_follow_prints_each_event_once_and_exits_0_on_success() -> None:
+    feed = Feed(RUNNING, RUNNING, DONE)
+    out = io.StringIO()
+    code = follow(feed.fetch, LiveLine(out, tty=False), clock=feed.clock, sleep=feed.sleep)
+    assert code == 0
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        f"Watching workflow {WID} (Org/app_docker): build > deploy",
+        "  Starting workflow...",
+        "  Starting Workflow Milestone: build",
+        "[1/2] build running  0.0s",
+        "  Completed Workflow Milestone: build, in 1 second(s)",
+        "  Workflow completed in 3 second(s)",
+        f"Workflow {WID} succeeded in 3 second(s) (2 of 2 milestones)",
+    ]
+
+
+def test_follow_redraws_one_status_line_on_a_terminal() -> None:
+    feed = Feed(RUNNING, RUNNING, RUNNING, DONE)
+    out = io.StringIO()
+    assert follow(feed.fetch, LiveLine(out, tty=True), clock=feed.clock, sleep=feed.sleep) == 0
+    text = out.getvalue()
+    assert text.count("[1/2] build running") >= 3 * 5  # redrawn 5 times a second...
+    assert text.count("\r\x1b[K") >= 4  # ...in place
+    assert text.count("Starting Workflow Milestone: build") == 1
+    assert text.endswith(f"Workflow {WID} succeeded in 3 second(s) (2 of 2 milestones)\n")
+
+
+def test_follow_exits_1_with_the_reason_on_failure() -> None:
+    failed = stored(
+        current_step="build",
+        workflow_completed=True,
+        workflow_error=True,
+        workflow_duration="1 second(s)",
+        event_log=_events("Workflow Milestone Failed: build.  Reason: no build clusters"),
+    )
+    out = io.StringIO()
+    feed = Feed(failed)
+    assert follow(feed.fetch, LiveLine(out, tty=False), clock=feed.clock, sleep=feed.sleep) == 1
+    assert out.getvalue().endswith("Reason: no build clusters\n")
+
+
+def test_follow_times_out_with_exit_2() -> None:
+    feed = Feed(RUNNING)
+    out = io.StringIO()
+    code = follow(
+        feed.fetch,
+        LiveLine(out, tty=False),
+        interval=1.0,
+        timeout=5.0,
+        clock=feed.clock,
+        sleep=feed.sleep,
+    )
+    assert code == 2
+    assert out.getvalue().splitlines()[-1] == (
+        "Timed out after 5.0s; the workflow is still running"
+    )
+
+
+def test_follow_rides_out_a_short_manager_outage_but_not_a_long_one() -> None:
+    down = ManagerTransientError("GET /workflows/x", 503, "")
+    feed = Feed(RUNNING, down, down, DONE)
+    out = io.StringIO()
+    assert follow(feed.fetch, LiveLine(out, tty=False), clock=feed.clock, sleep=feed.sleep) == 0
+    assert out.getvalue().count("Manager unavailable") == 1  # once per outage off a TTY
+    feed = Feed(RUNNING, down)
+    with pytest.raises(ManagerTransientError):
+        follow(
+            feed.fetch,
+            LiveLine(io.StringIO(), tty=False),
+            clock=feed.clock,
+            sleep=feed.sleep,
+            give_up_after=10,
+        )
+    feed = Feed(down)
+    with pytest.raises(ManagerTransientError):  # down from the start: no waiting
+        follow(feed.fetch, LiveLine(io.StringIO(), tty=False), clock=feed.clock, sleep=feed.sleep)
+    feed = Feed(ManagerNotFound("GET /workflows/x", 404, ""))
+    with pytest.raises(ManagerNotFound):
+        follow(feed.fetch, LiveLine(io.StringIO(), tty=False), clock=feed.clock, sleep=feed.sleep)
+
+
+def test_the_console_script_points_at_main() -> None:
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    scripts = setup["options.entry_points"]["console_scripts"]
+    target = next(
+        line.split("=", 1)[1].strip()
+        for line in scripts.splitlines()
+        if line.strip().startswith("workflow-orchestrator =")
+    )
+    module, _, name = target.partition(":")
+    assert callable(getattr(importlib.import_module(module), name))
+
+
+# -- CliRunner: argument handling and errors, in process ---------------------------------
+
+REQUIRED_ENV = ("EXCHANGE_ID", "BROKER_ID", "MANAGER_URL", "OAUTH_LOGIN_URL", "OAUTH_CLIENT_ID")
+
+
+@pytest.fixture
+def bare_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No orchestrator setting in the environment and no .env file in the directory."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name in REQUIRED_ENV or name.startswith(("OAUTH_", "CELERY_BROKER")):
+            monkeypatch.delenv(name)
+
+
+def test_check_names_a_missing_setting_in_one_line(bare_env: None) -> None:
+    result = CliRunner().invoke(cli, ["check"], env={"OAUTH_CLIENT_SECRET": SECRET})
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "FAIL  settings  setting EXCHANGE_ID: is required but not set "
+        "(set it in the environment or in a .env file in this directory)"
+    ]
+
+
+def test_commands_refuse_bad_settings_in_one_line(bare_env: None) -> None:
+    result = CliRunner().invoke(cli, ["status", WID], env={"EXCHANGE_ID": "1"})
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "workflow-orchestrator: setting BROKER_ID: is required but not set "
+        "(set it in the environment or in a .env file in this directory)"
+    ]
+
+
+def test_demo_rejects_zero_workflows() -> None:
+    result = CliRunner().invoke(cli, ["demo", "--workflows", "0"])
+    assert result.exit_code == 2
+    assert "must be at least 1" in result.output
+
+
+# -- the live system ----------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Live:
+    emulator: ManagerEmulator
+    settings: Settings
+    orchestrator: OrchestratorProcess
+    workdir: Path
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {**os.environ, **settings_env(self.settings), "PYTHONPATH": str(REPO)}
+        env.update(overrides)
+        return {k: v for k, v in env.items() if v is not None}
+
+    def cli(
+        self, *args: str, timeout: float = 30, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "workflow_orchestrator.cli", *args],
+            env=env or self.env(),
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def popen(self, *args: str, stderr: Any) -> subprocess.Popen[str]:
+        """The command running, its stdout a pipe read line by line (stderr to a file)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "workflow_orchestrator.cli", *args],
+            env=self.env(),
+            cwd=self.workdir,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+
+    def new_workflow(self, repo: str, milestones: list[str]) -> str:
+        return self.emulator.add_workflow(
+            {"deployment_repo": repo, "deployment_repo_git_ref": "master", "milestones": milestones}
+        )
+
+
+@contextmanager
+def live_system(tag: str = "cli", step_seconds: tuple[float, float] = (0.3, 0.5)) -> Iterator[Live]:
+    """Emulator + orchestrator process + demo peers in this process, on unique queues.
+
+    The peers send task events (as the orchestrator does) so Flower sees them finish.
+    """
+
+    def unique(name: str) -> str:
+        return f"wo_{tag}_{SUFFIX}_{name}"
+
+    with Connection(BROKER_URL, connect_timeout=3) as conn:
+        conn.ensure_connection(max_retries=1)
+    emulator = ManagerEmulator(client_id="orchestrator", client_secret=SECRET).start()
+    emulator.add_exchange("1", name="cli-test")
+    emulator.add_module("1", "builder", hostname="builder-1")
+    emulator.add_module("1", "deployer", hostname="deployer-1")
+    emulator.add_cluster("build-cluster-1", "1", allow_docker_builds=True)
+    emulator.add_cluster("demo-deploy-cluster", "1")
+    settings = Settings(
+        exchange_id="1",
+        broker_id="1",
+        manager_url=emulator.url,
+        oauth_login_url=emulator.token_url,
+        oauth_client_id="orchestrator",
+        oauth_client_secret=SECRET,
+        celery_broker_url=BROKER_URL,
+        queue_name=unique("orchestration"),
+        builder_queue=unique("builder"),
+        deployer_queue=unique("deployer"),
+        deploy_oa_queue=unique("deploy_oa"),
+        hipchat_queue=unique("hipchat"),
+        email_queue=unique("email"),
+        hostname=f"{tag}-orchestrator-{SUFFIX}",
+        lock_dir=tempfile.mkdtemp(prefix="wo-cli-locks-"),
+        retry_backoff_seconds=0.2,
+        retry_backoff_max=2.0,
+        out_of_order_retry_seconds=0.2,
+    )
+    orchestrator = OrchestratorProcess(settings_env(settings), name=f"{tag}-orchestrator").start()
+    peers = worker_app(
+        "cli-test-peers",
+        BROKER_URL,
+        queues=peer_queues(settings),
+        orchestration_queue=settings.queue_name,
+        orchestration_error_queue=settings.error_queue_name,
+    )
+    peers.conf.update(worker_send_task_events=True, task_send_sent_event=True)
+    register_demo_workers(peers, settings, Inbox(), step_seconds)
+    try:
+        wait_for(
+            lambda: (
+                any(m["hostname"] == settings.hostname for m in emulator.modules("1"))
+                or not orchestrator.alive()
+            ),
+            30,
+            "the orchestrator to register",
+        )
+        assert orchestrator.alive(), orchestrator.log()
+        with start_worker(
+            peers,
+            pool="threads",
+            concurrency=4,
+            perform_ping_check=False,
+            loglevel="WARNING",
+            hostname=f"{tag}-peers-{SUFFIX}@test",
+            without_heartbeat=False,
+            heartbeat_interval=0.5,
+            shutdown_timeout=15,
+        ):
+            yield Live(emulator, settings, orchestrator, Path(tempfile.mkdtemp(prefix="wo-cli-")))
+    finally:
+        orchestrator.stop()
+        emulator.stop()
+        with Connection(BROKER_URL) as conn:
+            channel = conn.channel()
+            for name in [settings.queue_name, settings.error_queue_name, *peer_queues(settings)]:
+                for method in ("queue_delete", "exchange_delete"):
+                    try:
+                        getattr(channel, method)(name)
+                    except Exception:  # noqa: BLE001 - best-effort cleanup
+                        channel = conn.channel()
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[Live]:
+    with live_system() as system:
+        yield system
+
+
+@dataclass
+class Ran:
+    ok_id: str
+    failing_id: str
+    executes: list[subprocess.CompletedProcess[str]]
+    ok_watch: tuple[int, str, str]
+    failing_watch: tuple[int, str, str]
+
+
+@pytest.fixture(scope="module")
+def ran(live: Live) -> Ran:
+    """Two workflows followed with `watch` from before their start by `execute`."""
+    ok_id = live.new_workflow("Org/web_docker", ["build", "deploy"])
+    failing_id = live.new_workflow("Org/broken_docker", ["build", "deploy"])
+    errors = [tempfile.TemporaryFile("w+") for _ in range(2)]
+    watches = [
+        live.popen("watch", wid, "--interval", "0.2", "--timeout", "30", stderr=err)
+        for wid, err in zip((ok_id, failing_id), errors, strict=True)
+    ]
+    # Each watch has polled once (and seen a workflow not started) before `execute` runs.
+    first_lines = [process.stdout.readline() for process in watches]  # type: ignore[union-attr]
+    executes = [live.cli("execute", ok_id, "--force-build"), live.cli("execute", failing_id)]
+    results = []
+    for process, first, err in zip(watches, first_lines, errors, strict=True):
+        out = first + process.stdout.read()  # type: ignore[union-attr]  # same buffered reader
+        process.wait(timeout=40)
+        err.seek(0)
+        results.append((process.returncode, out, err.read()))
+        err.close()
+    return Ran(ok_id, failing_id, executes, results[0], results[1])
+
+
+def test_execute_prints_the_task_id(ran: Ran) -> None:
+    for result in ran.executes:
+        assert result.returncode == 0, result.stderr
+        assert UUID.match(result.stdout.strip()), result.stdout
+        assert result.stderr == ""
+
+
+def test_watch_exits_0_when_the_workflow_succeeds(ran: Ran) -> None:
+    code, out, err = ran.ok_watch
+    assert code == 0, out + err
+    lines = out.splitlines()
+    assert lines[0] == f"Watching workflow {ran.ok_id} (Org/web_docker): build > deploy"
+    assert "  Starting Workflow Milestone: build" in lines
+    assert "  Starting Workflow Milestone: deploy" in lines
+    assert "[0/2] waiting for the orchestrator  " in out  # watch started before execute
+    assert any(re.match(r"\[[12]/2\] (build|deploy) running", line) for line in lines)
+    assert re.match(
+        rf"Workflow {ran.ok_id} succeeded in \d+ second\(s\) \(2 of 2 milestones\)$", lines[-1]
+    )
+    assert "\x1b" not in out  # no terminal codes when stdout is not a terminal
+    assert err == ""
+
+
+def test_watch_exits_1_when_the_workflow_fails(ran: Ran) -> None:
+    code, out, _ = ran.failing_watch
+    assert code == 1, out
+    assert "  Workflow step failed: docker build exited with status 1" in out
+    assert out.splitlines()[-1] == (
+        "Reason: Milestone worker has reported a failure "
+        "(worker: docker build exited with status 1)"
+    )
+
+
+def test_status_shows_milestones_durations_events_and_the_reason(live: Live, ran: Ran) -> None:
+    result = live.cli("status", ran.failing_id, "--events", "3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"Workflow {ran.failing_id}  Org/broken_docker @ master"
+    assert re.match(r"State:    failed at build \(milestone 1 of 2\) after \d+ second", lines[1])
+    assert lines[2] == (
+        "Reason:   Milestone worker has reported a failure "
+        "(worker: docker build exited with status 1)"
+    )
+    assert re.search(r"^  build   failed   \d+ second\(s\)$", result.stdout, re.M)
+    assert re.search(r"^  deploy  pending$", result.stdout, re.M)
+    assert re.search(r"^Last 3 of \d+ events:$", result.stdout, re.M)
+
+
+def test_status_json_is_the_documented_view(live: Live, ran: Ran) -> None:
+    result = live.cli("status", ran.ok_id, "--json")
+    assert result.returncode == 0, result.stderr
+    view = json.loads(result.stdout)
+    assert sorted(view) == sorted(
+        [
+            "id",
+            "deployment_repo",
+            "deployment_repo_git_ref",
+            "state",
+            "finished",
+            "current_step",
+            "milestone_index",
+            "milestone_count",
+            "milestones",
+            "duration",
+            "elapsed",
+            "failure",
+            "events",
+            "event_count",
+            "updated_at",
+        ]
+    )
+    assert view["id"] == ran.ok_id
+    assert view["state"] == "succeeded" and view["finished"] is True
+    assert [(m["name"], m["state"]) for m in view["milestones"]] == [
+        ("build", "done"),
+        ("deploy", "done"),
+    ]
+    assert all(re.match(r"\d+ second\(s\)$", m["duration"]) for m in view["milestones"])
+    assert len(view["events"]) == 5
+    assert view["failure"] is None
+
+
+def test_status_in_process_matches_the_manager(live: Live, ran: Ran) -> None:
+    result = CliRunner().invoke(cli, ["status", ran.failing_id, "--json"], env=live.env())
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.stdout)
+    assert view == describe_workflow(live.emulator.get_workflow(ran.failing_id) or {})
+
+
+def test_execute_refuses_a_workflow_that_already_ran(live: Live, ran: Ran) -> None:
+    result = live.cli("execute", ran.ok_id)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"workflow-orchestrator: workflow {ran.ok_id} has already ")
+    assert "nothing sent" in result.stderr
+
+
+def test_an_unknown_workflow_is_one_clear_line(live: Live) -> None:
+    missing = str(uuid.uuid4())
+    for command in (["status", missing], ["watch", missing], ["execute", missing]):
+        result = live.cli(*command)
+        assert result.returncode == 2, command
+        assert result.stderr.splitlines() == [
+            f"workflow-orchestrator: workflow {missing} not found in the Manager at "
+            f"{live.emulator.url}"
+        ]
+
+
+def test_check_passes_against_a_live_system(live: Live) -> None:
+    result = live.cli("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    words = [line.split()[:2] for line in result.stdout.splitlines()]
+    assert words == [
+        ["OK", "settings"],
+        ["OK", "broker"],
+        ["OK", "queue"],
+        ["OK", "token"],
+        ["OK", "manager"],
+    ]
+    assert "amqp://guest:***@127.0.0.1:5672//" in result.stdout
+    assert "1 builder, 1 deployer, 1 workflow_orchestrator" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_check_fails_when_the_manager_is_down(live: Live) -> None:
+    down = f"http://127.0.0.1:{closed_port()}"
+    result = live.cli("check", env=live.env(MANAGER_URL=down, OAUTH_LOGIN_URL=f"{down}/token"))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[3] == (
+        f"FAIL  token     cannot reach the token endpoint {down}/token (ConnectionError): "
+        "is it up? check OAUTH_LOGIN_URL"
+    )
+    assert lines[4] == "SKIP  manager   not tried: it needs a token"
+    only_manager = live.cli("check", env=live.env(MANAGER_URL=down))
+    assert only_manager.returncode == 1
+    assert only_manager.stdout.splitlines()[-1] == (
+        f"FAIL  manager   cannot reach the Manager at {down} "
+        "(GET /messaging/exchanges/1: ConnectionError): is it up? check MANAGER_URL"
+    )
+    assert "Traceback" not in result.stderr + only_manager.stderr
+
+
+def test_check_names_an_exchange_the_manager_does_not_know(live: Live) -> None:
+    result = live.cli("check", env=live.env(EXCHANGE_ID="999"))
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[-1].startswith(
+        f"FAIL  manager   EXCHANGE_ID 999 is unknown to the Manager at {live.emulator.url}"
+    )
+
+
+def test_check_fails_on_a_wrong_secret_without_printing_it(live: Live) -> None:
+    wrong = "wrong-secret-123456"
+    result = live.cli("check", env=live.env(OAUTH_CLIENT_SECRET=wrong))
+    assert result.returncode == 1
+    assert "refused the client credentials (answered 401)" in result.stdout
+    assert wrong not in result.stdout + result.stderr
+
+
+def test_status_when_the_manager_is_down_is_one_line(live: Live) -> None:
+    down = f"http://127.0.0.1:{closed_port()}"
+    result = live.cli("status", str(uuid.uuid4()), env=live.env(OAUTH_LOGIN_URL=f"{down}/t"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"workflow-orchestrator: cannot reach the token endpoint {down}/t (ConnectionError): "
+        "is it up? check OAUTH_LOGIN_URL"
+    ]
+    debug = live.cli("--debug", "status", str(uuid.uuid4()), env=live.env(MANAGER_URL=down))
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr
+
+
+def test_execute_when_the_broker_is_down_is_one_line(live: Live) -> None:
+    password = "broker-pw-5150"
+    broker = f"amqp://guest:{password}@127.0.0.1:{closed_port()}//"
+    started = time.monotonic()
+    result = live.cli(
+        "execute", str(uuid.uuid4()), "--no-verify", env=live.env(CELERY_BROKER_URL=broker)
+    )
+    assert result.returncode == 2
+    assert time.monotonic() - started < 15
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(
+        f"workflow-orchestrator: cannot connect to the broker at {broker.replace(password, '***')}: "
+    )
+    assert password not in result.stderr
+    refused = live.cli(
+        "execute",
+        str(uuid.uuid4()),
+        "--no-verify",
+        env=live.env(CELERY_BROKER_URL=f"amqp://guest:{password}@127.0.0.1:5672//"),
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(
+        "workflow-orchestrator: cannot connect to the broker at amqp://guest:***@127.0.0.1:5672//: "
+    )
+    assert "ACCESS_REFUSED" in refused.stderr and password not in refused.stderr
+
+
+# -- the demo -------------------------------------------------------------------------------
+
+
+def test_demo_runs_the_whole_system_in_one_process(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in REQUIRED_ENV and not k.startswith(("OAUTH_", "CELERY_", "QUEUE_"))
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "workflow_orchestrator.cli", "demo", "--log", "demo.log"],
+        env={**env, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert took < 30
+    out = result.stdout
+    assert "broker       memory:// (in this process)" in out
+    assert re.search(r"workflow\s+scenario\s+milestones\s+result\s+duration\s+e-mails", out)
+    assert re.search(r"build \+ deploy\s+build > deploy\s+succeeded\s+.*1 SUCCEEDED", out)
+    assert re.search(r"config \+ deploy_oa\s+config > deploy_oa\s+succeeded\s+.*1 SUCCEEDED", out)
+    assert re.search(r"builder fails\s+build > deploy\s+failed\s+.*1 FAILED", out)
+    assert "All 3 workflows ended as expected" in out
+    assert result.stderr == ""
+    log = (tmp_path / "demo.log").read_text()
+    assert "registered with the Manager" in log  # the orchestrator ran in that process
