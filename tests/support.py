@@ -136,3 +136,64 @@ def settings_env(settings: Any) -> dict[str, str]:
             value = ",".join(f"{m.name}={m.task}@{m.queue}" for m in value)
         env[f.name.upper()] = str(value)
     return env
+
+
+def test_queue_names(settings: Any) -> list[str]:
+    """Every queue (and same-named exchange) a system under test declares."""
+    return [
+        settings.queue_name,
+        settings.error_queue_name,
+        settings.builder_queue,
+        settings.deployer_queue,
+        settings.deploy_oa_queue,
+        settings.hipchat_queue,
+        settings.email_queue,
+    ]
+
+
+def delete_test_queues(broker_url: str, settings: Any) -> None:
+    """Best-effort removal of a test's queues and exchanges, so runs leave nothing behind."""
+    from kombu import Connection
+
+    with Connection(broker_url) as conn:
+        channel = conn.channel()
+        for name in test_queue_names(settings):
+            for method in ("queue_delete", "exchange_delete"):
+                try:
+                    getattr(channel, method)(name)
+                except Exception:  # noqa: BLE001 - a missing one closes the channel
+                    channel = conn.channel()
+
+
+def wait_registered(emulator: Any, process: WorkerProcess, hostname: str) -> None:
+    """Wait until the orchestrator process registered itself with the Manager."""
+    wait_for(
+        lambda: (
+            any(m["hostname"] == hostname for m in emulator.modules("1")) or not process.alive()
+        ),
+        30,
+        "the orchestrator worker to start and register",
+    )
+    assert process.alive(), process.log()
+
+
+def in_process_worker(app: Any, hostname: str, concurrency: int = 4) -> Any:
+    """One in-process worker (threads pool) that stops within a second when left.
+
+    The heartbeat timer wakes the event loop; without it a stop is noticed only after
+    up to 10 s. A unique hostname keeps its pidbox queue apart from other workers'.
+    Never start two in one process (kombu's event-loop hub is a process global).
+    """
+    from celery.contrib.testing.worker import start_worker
+
+    return start_worker(
+        app,
+        pool="threads",
+        concurrency=concurrency,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        hostname=hostname,
+        without_heartbeat=False,
+        heartbeat_interval=0.5,
+        shutdown_timeout=15,
+    )

@@ -26,11 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from click.testing import CliRunner
 from kombu import Connection
 
-from tests.support import REPO, OrchestratorProcess, settings_env, wait_for
+from tests.support import (
+    REPO,
+    OrchestratorProcess,
+    delete_test_queues,
+    in_process_worker,
+    settings_env,
+    wait_registered,
+)
 from workflow_orchestrator.cli import (
     LiveLine,
     cli,
@@ -478,38 +484,13 @@ def live_system(tag: str = "cli", step_seconds: tuple[float, float] = (0.3, 0.5)
     peers.conf.update(worker_send_task_events=True, task_send_sent_event=True)
     register_demo_workers(peers, settings, Inbox(), step_seconds)
     try:
-        wait_for(
-            lambda: (
-                any(m["hostname"] == settings.hostname for m in emulator.modules("1"))
-                or not orchestrator.alive()
-            ),
-            30,
-            "the orchestrator to register",
-        )
-        assert orchestrator.alive(), orchestrator.log()
-        with start_worker(
-            peers,
-            pool="threads",
-            concurrency=4,
-            perform_ping_check=False,
-            loglevel="WARNING",
-            hostname=f"{tag}-peers-{SUFFIX}@test",
-            without_heartbeat=False,
-            heartbeat_interval=0.5,
-            shutdown_timeout=15,
-        ):
+        wait_registered(emulator, orchestrator, settings.hostname)
+        with in_process_worker(peers, f"{tag}-peers-{SUFFIX}@test"):
             yield Live(emulator, settings, orchestrator, Path(tempfile.mkdtemp(prefix="wo-cli-")))
     finally:
         orchestrator.stop()
         emulator.stop()
-        with Connection(BROKER_URL) as conn:
-            channel = conn.channel()
-            for name in [settings.queue_name, settings.error_queue_name, *peer_queues(settings)]:
-                for method in ("queue_delete", "exchange_delete"):
-                    try:
-                        getattr(channel, method)(name)
-                    except Exception:  # noqa: BLE001 - best-effort cleanup
-                        channel = conn.channel()
+        delete_test_queues(BROKER_URL, settings)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,13 @@ from typing import Any
 import pytest
 from kombu import Connection
 
-from tests.support import OrchestratorProcess, WorkerProcess, settings_env, wait_for
+from tests.support import (
+    OrchestratorProcess,
+    WorkerProcess,
+    delete_test_queues,
+    settings_env,
+    wait_for,
+)
 from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.queues import error_queue
 from workflow_orchestrator.settings import Settings
@@ -252,23 +258,6 @@ def make_system(
     return FaultSystem(emulator, settings, processes, peers, record)
 
 
-def delete_queues(settings: Settings) -> None:
-    with Connection(BROKER_URL) as conn:
-        for name in (
-            settings.queue_name,
-            settings.error_queue_name,
-            settings.builder_queue,
-            settings.deployer_queue,
-            settings.deploy_oa_queue,
-            settings.hipchat_queue,
-            settings.email_queue,
-        ):
-            try:
-                conn.default_channel.queue_delete(name)
-            except Exception:  # noqa: BLE001 - best effort
-                pass
-
-
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[ManagerEmulator]:
     manager = ManagerEmulator(
@@ -295,7 +284,7 @@ def build_system(emulator: ManagerEmulator) -> Iterator[Any]:
     yield build
     for system in made:
         system.stop()
-        delete_queues(system.settings)
+        delete_test_queues(BROKER_URL, system.settings)
         emulator.reset_faults()
 
 

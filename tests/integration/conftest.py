@@ -17,10 +17,16 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from kombu import Connection
 
-from tests.support import OrchestratorProcess, settings_env, wait_for
+from tests.support import (
+    OrchestratorProcess,
+    delete_test_queues,
+    in_process_worker,
+    settings_env,
+    wait_for,
+    wait_registered,
+)
 from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.queues import error_queue
 from workflow_orchestrator.settings import Settings
@@ -230,45 +236,10 @@ def system() -> Iterator[System]:
         "test-caller", BROKER_URL, queues=[], orchestration_queue=settings.queue_name
     )
     try:
-        wait_for(
-            lambda: (
-                any(
-                    m["hostname"] == settings.hostname
-                    for m in emulator.modules(settings.exchange_id)
-                )
-                or not orchestrator.alive()
-            ),
-            30,
-            "the orchestrator worker to start and register",
-        )
-        assert orchestrator.alive(), orchestrator.log()
-        with start_worker(
-            peers,
-            pool="threads",
-            concurrency=4,
-            perform_ping_check=False,
-            loglevel="WARNING",
-            hostname=f"peers-{SUFFIX}@test",
-            without_heartbeat=False,  # the heartbeat timer lets the loop notice a stop quickly
-            heartbeat_interval=0.5,
-            shutdown_timeout=15,
-        ):
+        wait_registered(emulator, orchestrator, settings.hostname)
+        with in_process_worker(peers, f"peers-{SUFFIX}@test"):
             yield System(emulator, settings, recorder, caller, orchestrator)
     finally:
         orchestrator.stop()
     emulator.stop()
-    with Connection(BROKER_URL) as conn:
-        channel = conn.default_channel
-        for name in (
-            settings.queue_name,
-            settings.error_queue_name,
-            settings.builder_queue,
-            settings.deployer_queue,
-            settings.deploy_oa_queue,
-            settings.hipchat_queue,
-            settings.email_queue,
-        ):
-            try:
-                channel.queue_delete(name)
-            except Exception:  # noqa: BLE001 - best-effort cleanup
-                channel = conn.channel()
+    delete_test_queues(BROKER_URL, settings)
