@@ -44,6 +44,10 @@ class _TTLCache:
             self._items.clear()
 
 
+def _has_type(modules: Any, module_type: str) -> bool:
+    return any(isinstance(m, dict) and m.get("type") == module_type for m in modules or ())
+
+
 class ManagerTopology:
     def __init__(
         self,
@@ -90,12 +94,15 @@ class ManagerTopology:
         return cluster
 
     def has_module(self, exchange_id: Any, module_type: str) -> bool:
+        """Cached for seconds; a miss is asked again, so a module registered after a
+        failed precondition is seen by the very next workflow."""
         key = str(exchange_id)
         found, modules = self._modules.get(key)
-        if not found:
-            modules = self.manager.list_exchange_modules(key)
-            self._modules.put(key, modules)
-        return any(isinstance(m, dict) and m.get("type") == module_type for m in modules)
+        if found and _has_type(modules, module_type):
+            return True
+        modules = self.manager.list_exchange_modules(key)
+        self._modules.put(key, modules)
+        return _has_type(modules, module_type)
 
     def choose(self, options: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return self._rng.choice(list(options))
