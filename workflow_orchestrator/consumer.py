@@ -33,6 +33,20 @@ def _report(message: str) -> None:
 
 
 class DeadLetteringConsumer(Consumer):
+    def connection_for_write(self, url: Any = None, heartbeat: Any = None) -> Any:
+        """The connection of the worker's event dispatcher (its only user in the consumer).
+
+        Task and worker events are transient monitoring data for Flower: they need no
+        publisher confirm. With `confirm_publish` inherited from broker_transport_options,
+        each of the 3 events per task waited for a broker round trip under the
+        dispatcher's mutex, on the consumer's event loop.
+        """
+        return self.ensure_connected(
+            self.app.connection_for_write(
+                url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}
+            )
+        )
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         queue = (message.delivery_info or {}).get("routing_key")
         text = (
