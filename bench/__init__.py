@@ -1,0 +1,1 @@
+"""The orchestrator's benchmark (issue #6): see bench/run.py and docs/performance.md."""

@@ -1,0 +1,187 @@
+"""The floor the orchestrator is measured against: a minimal orchestrator as plain Celery.
+
+Each hop does only what no orchestrator can avoid, on the same broker, emulator and
+peers as the real one:
+
+1. one `GET /workflows/{id}` and one `PUT /workflows/{id}` to the Manager emulator,
+   with the bearer token (fetched once per process) over one keep-alive session;
+2. one confirmed `send_task` to the next hop: the builder for a start, the deployer for
+   the build callback, `bench.done` (the peers) for the deploy callback.
+
+So a workflow is the same three hops (start, build-callback, deploy-callback) through
+the same peer workers, minus what the orchestrator adds: the lock, the transition, the
+chat notifications, task events, its own log lines.
+
+With `"chats": true` in its configuration it is the *contract floor* instead: each hop
+also publishes the chat notifications CONTRACT.md 7.1 requires (one confirmed
+`notifications.hipchat` task per event line, after the save: 3, 3 and 2 per workflow, the
+same lines the orchestrator sends), and the last hop's completion line replaces
+`bench.done`. The gap between the two floors is what the contract's chat fan-out costs
+on this machine; the gap between the contract floor and the orchestrator is the
+orchestrator's own overhead. The task takes the orchestrator's
+name on its own queue (declared like the orchestration queue), so the peers' unchanged
+`worker_api.step_completed` calls back to it.
+
+Run by bench/harness.py exactly like the orchestrator (same pool, concurrency, log level)::
+
+    BENCH_BASELINE=baseline.json celery -A bench.baseline worker -Q <queue> -P threads -c 8 ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import requests
+from celery import Celery, signals
+from kombu import Exchange, Queue
+
+from workflow_orchestrator.queues import orchestration_queue
+from workflow_orchestrator.workflow import WORKFLOW_FIELDS
+
+CONF: dict[str, Any] = json.loads(Path(os.environ["BENCH_BASELINE"]).read_text())
+QUEUE = CONF["queue"]
+CHATS = bool(CONF.get("chats"))
+EVENT_LINES = {
+    None: [
+        "Starting workflow...",
+        "Starting Workflow Milestone: build",
+        "Dispatching a build request to exchange 1, docker build cluster build-cluster-1...",
+    ],
+    "build": [
+        "Completed Workflow Milestone: build, in 0 second(s)",
+        "Starting Workflow Milestone: deploy",
+        "Dispatching a deploy request to exchange 1, deployment cluster deploy-cluster-1...",
+    ],
+    "deploy": [
+        "Completed Workflow Milestone: deploy, in 0 second(s)",
+        "Workflow completed in 1 second(s)",
+    ],
+}
+PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
+NEXT = {None: "build", "build": "deploy", "deploy": None}
+
+app = Celery("bench-baseline", set_as_current=False)
+app.conf.update(
+    broker_url=CONF["broker_url"],
+    task_queues=(orchestration_queue(QUEUE),),
+    task_default_queue=QUEUE,
+    task_create_missing_queues=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    event_serializer="json",
+    broker_transport_options={"confirm_publish": True},
+    broker_connection_retry_on_startup=True,
+    broker_heartbeat=30,
+    task_ignore_result=True,
+    result_backend=None,
+    worker_hijack_root_logger=True,
+    worker_redirect_stdouts=False,
+)
+
+
+def _plain(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
+
+
+class _Manager:
+    """A keep-alive session and one bearer token per process (built after a fork)."""
+
+    def __init__(self) -> None:
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+        self.session.mount("http://", adapter)
+        answer = self.session.post(
+            CONF["token_url"],
+            json={
+                "grant_type": "client_credentials",
+                "client_id": CONF["client_id"],
+                "client_secret": CONF["client_secret"],
+            },
+            timeout=(3.05, 15),
+        )
+        answer.raise_for_status()
+        self.headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {answer.json()['access_token']}",
+        }
+
+
+_manager: _Manager | None = None
+_lock = threading.Lock()
+
+
+def manager() -> _Manager:
+    global _manager
+    if _manager is None:
+        with _lock:
+            if _manager is None:
+                _manager = _Manager()
+    return _manager
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    global _manager
+    _manager = None
+
+
+def _send(task: str, queue: str, payload: dict[str, Any]) -> None:
+    app.send_task(
+        task, args=[payload], queue=_plain(queue), retry=True, retry_policy=PUBLISH_RETRY_POLICY
+    )
+
+
+@app.task(name=CONF["orchestrate_task"], shared=False, acks_late=True, ignore_result=True)
+def hop(payload: dict[str, Any]) -> str:
+    m = manager()
+    workflow_id = payload["id"]
+    url = f"{CONF['manager_url']}/workflows/{workflow_id}"
+    got = m.session.get(url, headers=m.headers, timeout=(3.05, 15))
+    got.raise_for_status()
+    workflow = got.json()
+    step = payload.get("current_step")
+    nxt = NEXT[step]
+    now = datetime.now(timezone.utc).isoformat()
+    log = workflow.get("event_log") or []
+    prefix = f"[OA][{workflow_id}][{workflow.get('deployment_repo') or 'Unknown'}]"
+    lines = EVENT_LINES[step] if CHATS else [f"hop after {step or 'start'} at {now}"]
+    log.extend(f"{prefix} {line}" for line in lines)
+    workflow.update(
+        event_log=log,
+        current_step=nxt or "workflow_completed",
+        workflow_completed=nxt is None,
+        workflow_error=False,
+    )
+    body = {name: workflow.get(name) for name in WORKFLOW_FIELDS if name != "id"}
+    put = m.session.put(url, data=json.dumps(body), headers=m.headers, timeout=(3.05, 15))
+    put.raise_for_status()
+    if nxt is None:
+        if not CHATS:  # with chats, the "Workflow completed" line tells the peers
+            _send(CONF["done"]["task"], CONF["done"]["queue"], {"id": workflow_id})
+    else:
+        peer = CONF["builder"] if nxt == "build" else CONF["deployer"]
+        target, queue = peer["task"], peer["queue"]
+        message = {
+            **workflow,
+            **{k: v for k, v in payload.items() if v is not None and k != "event_log"},
+            "current_step": nxt,
+            "step_time": now,
+            "orchestration_queue_name": QUEUE,
+        }
+        _send(target, queue, message)
+    if CHATS:
+        for line in lines:
+            chat = {"is_success": True, "prefix": prefix, "message": line, "room_names": None}
+            _send(CONF["hipchat"]["task"], CONF["hipchat"]["queue"], chat)
+    return f"{workflow_id}: {step or 'start'} -> {nxt or 'done'} at {time.time():.3f}"

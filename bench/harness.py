@@ -1,0 +1,898 @@
+"""What bench/run.py, bench/sweep.py and bench/profile.py share: a whole system on this
+machine, every part its own subprocess, and the measurements taken around it.
+
+* the Manager emulator: `python -m workflow_orchestrator.emulator`, seeded with a JSON
+  file (exchange, modules, clusters and every workflow the run will use);
+* the peers (bench/peers.py): builder, deployer and notification tasks, threads pool;
+* the system under test, started and stopped per phase: the orchestrator worker exactly
+  as the Procfile runs it (pool and concurrency overridable), or the baseline worker
+  (bench/baseline.py) with the same command line shape.
+
+Queue names carry a per-run suffix, so a run never meets another run's messages, and
+they are deleted at the end. A phase is a closed loop: `window` workflows are in flight
+at any time (the peers start the next one when one completes). The harness samples the
+CPU time of every process involved (from /proc), the worker tree's RSS, the emulator's
+call counters, and reads the latency samples the peers took.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+ORCHESTRATE_TASK = "workflow_orchestrator.orchestrate"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MILESTONES = ["build", "deploy"]
+TRANSITIONS_PER_WORKFLOW = len(MILESTONES) + 1  # start, build-callback, deploy-callback
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# -- /proc -------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def process_tree(pid: int | None) -> list[int]:
+    """`pid` and all its descendants."""
+    if pid is None:
+        return []
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields:
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, ()))
+    return out
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU time of these processes (all their threads)."""
+    total = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields:
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def pss_bytes(pids: Iterable[int]) -> int:
+    """Proportional set size: shared pages (prefork children) counted once overall."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """CPU seconds all cores spent since boot (1) running processes (user, nice, system)
+    and (2) in interrupts, softirqs (loopback networking is mostly there) and steal."""
+    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return (v[0] + v[1] + v[2]) / CLK_TCK, (v[5] + v[6] + v[7]) / CLK_TCK
+
+
+def machine_busy_share(seconds: float = 2.0) -> float:
+    """Share of all cores busy over the next `seconds`."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    time.sleep(seconds)
+    after = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    delta = [b - a for a, b in zip(values, after, strict=True)]
+    total = sum(delta) or 1
+    return 1 - (delta[3] + delta[4]) / total
+
+
+def wait_for_quiet(threshold: float = 0.15, max_wait: float = 300.0) -> float:
+    """Wait (up to `max_wait` s) until the machine is mostly idle: other sessions' test runs
+    share these cores and the broker. Returns the last busy share seen."""
+    deadline = time.monotonic() + max_wait
+    share = machine_busy_share()
+    warned = False
+    while share > threshold and time.monotonic() < deadline:
+        if not warned:
+            print(f"  waiting for a quiet machine ({share:.0%} busy)...", flush=True)
+            warned = True
+        share = machine_busy_share()
+    return share
+
+
+def find_process(comm: str) -> int | None:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() == comm:
+                    return int(entry)
+            except OSError:
+                pass
+    return None
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem = int(line.split()[1]) * 1024
+    import celery
+    import kombu
+
+    return {
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "memory_gib": round(mem / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "kombu": kombu.__version__,
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+
+
+def rabbitmq_version(broker_url: str) -> str:
+    from kombu import Connection
+
+    with Connection(broker_url, connect_timeout=3) as conn:
+        conn.ensure_connection(max_retries=1)
+        props = conn.connection.server_properties or {}
+        version = props.get("version", "?")
+        return version.decode() if isinstance(version, bytes) else str(version)
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(round(q / 100 * len(ordered) + 0.5))))
+    return ordered[rank - 1]
+
+
+def summary_ms(values: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "p50_ms": _ms(percentile(values, 50)),
+        "p95_ms": _ms(percentile(values, 95)),
+        "p99_ms": _ms(percentile(values, 99)),
+        "mean_ms": _ms(statistics.fmean(values)) if values else None,
+    }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of y over x."""
+    if len(points) < 3:
+        return None
+    xs, ys = zip(*points, strict=True)
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+
+
+# -- subprocesses ---------------------------------------------------------------------------
+
+
+class Child:
+    """A subprocess in its own process group (so a prefork worker's children stop with it),
+    its output in a log file."""
+
+    def __init__(
+        self, name: str, cmd: list[str], env: dict[str, str], log_path: Path, repo: Path = REPO
+    ) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.env = env
+        self.log_path = log_path
+        self.repo = repo  # the tree whose code runs (cwd and PYTHONPATH)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def start(self) -> Child:
+        env = {**os.environ, **self.env, "PYTHONPATH": str(self.repo), "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.cmd,
+                cwd=self.repo,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tree(self) -> list[int]:
+        return process_tree(self.pid)
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log(self, offset: int = 0) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def wait_for_log(self, pattern: str, timeout: float) -> re.Match[str]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = regex.search(self.log())
+            if found:
+                return found
+            if not self.alive():
+                raise BenchError(f"{self.name} exited early:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.name}: no {pattern!r} within {timeout} s:\n{self.tail()}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.alive():
+            return
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+
+class Group:
+    """Several workers consuming one queue (several processes, or hosts, in production),
+    measured as one."""
+
+    def __init__(self, children: list[Child]) -> None:
+        self.children = children
+        self.name = children[0].name + (f" x{len(children)}" if len(children) > 1 else "")
+
+    @property
+    def pid(self) -> int | None:
+        return self.children[0].pid
+
+    def start(self) -> Group:
+        for child in self.children:
+            child.start()
+        return self
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for child in self.children:
+            child.stop(timeout)
+
+    def alive(self) -> bool:
+        return all(child.alive() for child in self.children)
+
+    def tree(self) -> list[int]:
+        return [pid for child in self.children for pid in child.tree()]
+
+    def log_size(self) -> list[int]:
+        return [child.log_size() for child in self.children]
+
+    def log(self, offset: list[int] | int = 0) -> str:
+        offsets = offset if isinstance(offset, list) else [offset] * len(self.children)
+        return "".join(c.log(o) for c, o in zip(self.children, offsets, strict=True))
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(f"[{c.name}]\n{c.tail(lines)}" for c in self.children)
+
+    def wait_for_log(self, pattern: str, timeout: float) -> None:
+        for child in self.children:
+            child.wait_for_log(pattern, timeout)
+
+
+# -- the Procfile ----------------------------------------------------------------------------
+
+
+def procfile_worker(repo: Path = REPO) -> tuple[list[str], str, int]:
+    """The Procfile's worker command (split), with its pool and concurrency."""
+    line = next(
+        raw.split(":", 1)[1].strip()
+        for raw in (repo / "Procfile").read_text().splitlines()
+        if raw.startswith("worker:")
+    )
+    args = shlex.split(line)
+    pool, concurrency = "prefork", os.cpu_count() or 1  # Celery's defaults
+    for i, arg in enumerate(args[:-1]):
+        if arg in ("-P", "--pool"):
+            pool = args[i + 1]
+        if arg in ("-c", "--concurrency"):
+            concurrency = int(args[i + 1])
+    return args, pool, concurrency
+
+
+def worker_command(
+    args: list[str], env: dict[str, str], pool: str, concurrency: int, nodename: str
+) -> list[str]:
+    """The Procfile command with ${VAR:-default} expanded and -P/-c replaced; `celery`
+    becomes this interpreter's `python -m celery`; a unique node name is added."""
+
+    def expand(arg: str) -> str:
+        return re.sub(
+            r"\$\{(\w+)(?::-([^}]*))?\}",
+            lambda m: env.get(m.group(1)) or os.environ.get(m.group(1)) or (m.group(2) or ""),
+            arg,
+        )
+
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if arg in ("-P", "--pool", "-c", "--concurrency", "-n", "--hostname"):
+            skip = True
+            continue
+        if i == 0 and arg == "celery":
+            out += [sys.executable, "-m", "celery"]
+            continue
+        out.append(expand(arg))
+    return [*out, "-P", pool, "-c", str(concurrency), "-n", nodename]
+
+
+# -- the system ------------------------------------------------------------------------------
+
+
+@dataclass
+class Names:
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def q(self, name: str) -> str:
+        return f"bench_{self.suffix}_{name}"
+
+    @property
+    def orchestration(self) -> str:
+        return self.q("orchestration")
+
+    @property
+    def baseline(self) -> str:
+        return self.q("baseline")
+
+    def all_queues(self) -> list[str]:
+        plain = ["builder", "deployer", "deploy_oa", "hipchat", "email", "done"]
+        main = [self.orchestration, self.baseline]
+        return [*main, *(f"{q}_error" for q in main), *(self.q(n) for n in plain)]
+
+
+@dataclass
+class PhaseSpec:
+    name: str
+    queue: str
+    ids: list[str]
+    window: int
+
+
+class System:
+    """Emulator + peers, and the workers under test started one at a time."""
+
+    def __init__(self, broker_url: str = DEFAULT_BROKER, keep_logs: bool = False) -> None:
+        self.broker_url = broker_url
+        self.names = Names()
+        self.secret = f"bench-{uuid.uuid4().hex}"
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.names.suffix}-"))
+        self.logdir = RESULTS / "logs"
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.keep_logs = keep_logs
+        self.phases: dict[str, PhaseSpec] = {}
+        self.emulator: Child | None = None
+        self.peers: Child | None = None
+        self.url = ""
+        self.caller: Any = None
+        self.rabbit_pid = find_process("beam.smp")
+        self._children: list[Child] = []
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def add_phase(self, name: str, workflows: int, window: int, baseline: bool = False) -> None:
+        ids = [f"bench-{self.names.suffix}-{name}-{i:05d}" for i in range(workflows)]
+        queue = self.names.baseline if baseline else self.names.orchestration
+        self.phases[name] = PhaseSpec(name, queue, ids, min(window, workflows))
+
+    def _log(self, name: str) -> Path:
+        return self.logdir / f"{self.names.suffix}-{name}.log"
+
+    def _child(self, name: str, cmd: list[str], env: dict[str, str], repo: Path = REPO) -> Child:
+        child = Child(name, cmd, env, self._log(name), repo)
+        self._children.append(child)
+        return child
+
+    def start(self) -> System:
+        """Start the emulator (seeded with every phase's workflows) and the peers."""
+        seed = {
+            "exchanges": [{"id": "1", "name": "bench"}],
+            "clusters": [
+                {
+                    "etcd_token": "build-cluster-1",
+                    "messaging_exchange_id": "1",
+                    "allow_docker_builds": True,
+                },
+                {"etcd_token": "deploy-cluster-1", "messaging_exchange_id": "1"},
+            ],
+            "modules": [
+                {"exchange_id": "1", "type": "builder", "hostname": "bench-builder"},
+                {"exchange_id": "1", "type": "deployer", "hostname": "bench-deployer"},
+            ],
+            "workflows": [
+                {
+                    "id": wid,
+                    "deployment_repo": "Bench-Org/app_docker",
+                    "deployment_repo_git_ref": "master",
+                    "source_repo": "Bench-Org/app",
+                    "source_repo_git_ref": "0123abc",
+                    "milestones": MILESTONES,
+                    "execute_options": {"force_build": False},
+                }
+                for spec in self.phases.values()
+                for wid in spec.ids
+            ],
+        }
+        seed_path = self.workdir / "seed.json"
+        seed_path.write_text(json.dumps(seed))
+        self.emulator = self._child(
+            "emulator",
+            [
+                sys.executable,
+                "-m",
+                "workflow_orchestrator.emulator",
+                "--port",
+                "0",
+                "--broker-url",
+                self.broker_url,
+                "--client-secret",
+                self.secret,
+                "--queue-name",
+                self.names.orchestration,
+                "--seed",
+                str(seed_path),
+                "--log-level",
+                "WARNING",
+            ],
+            {},
+        ).start()
+        self.url = self.emulator.wait_for_log(r"listening on (http://\S+)", 60).group(1)
+
+        plan = {
+            "broker_url": self.broker_url,
+            "orchestrate_task": ORCHESTRATE_TASK,
+            "orchestration_queue": self.names.orchestration,
+            "builder": {"task": "builder.build", "queue": self.names.q("builder")},
+            "deployer": {"task": "deployer.deploy", "queue": self.names.q("deployer")},
+            "hipchat": {"task": "notifications.hipchat", "queue": self.names.q("hipchat")},
+            "email": {"task": "notifications.email", "queue": self.names.q("email")},
+            "done": {"task": "bench.done", "queue": self.names.q("done")},
+            "status_path": str(self.workdir / "peers-status.json"),
+            "latency_dir": str(self.workdir),
+            "phases": {
+                s.name: {"queue": s.queue, "ids": s.ids, "window": s.window}
+                for s in self.phases.values()
+            },
+        }
+        self.plan = plan
+        (self.workdir / "plan.json").write_text(json.dumps(plan))
+        queues = ",".join(
+            plan[k]["queue"] for k in ("builder", "deployer", "hipchat", "email", "done")
+        )
+        self.peers = self._child(
+            "peers",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.peers",
+                "worker",
+                "-P",
+                "threads",
+                "-c",
+                "16",
+                "-Q",
+                queues,
+                "-n",
+                f"bench-peers-{self.names.suffix}@bench",
+                "--without-mingle",
+                "--without-gossip",
+                "-l",
+                "WARNING",
+            ],
+            {"BENCH_PLAN": str(self.workdir / "plan.json")},
+        ).start()
+        deadline = time.monotonic() + 60
+        while not self.peer_status().get("ready"):
+            if not self.peers.alive():
+                raise BenchError(f"peers exited early:\n{self.peers.tail()}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"peers not ready within 60 s:\n{self.peers.tail()}")
+            time.sleep(0.1)
+
+        from workflow_orchestrator.worker_api import worker_app
+
+        self.caller = worker_app(
+            "bench-caller", self.broker_url, queues=[], orchestration_queue=self.names.orchestration
+        )
+        return self
+
+    # -- the workers under test -----------------------------------------------------------------
+
+    def orchestrator_env(self) -> dict[str, str]:
+        n = self.names
+        return {
+            "EXCHANGE_ID": "1",
+            "BROKER_ID": "1",
+            "MANAGER_URL": self.url,
+            "OAUTH_LOGIN_URL": f"{self.url}/oauth/token",
+            "OAUTH_CLIENT_ID": "orchestrator",
+            "OAUTH_CLIENT_SECRET": self.secret,
+            "QUEUE_NAME": n.orchestration,
+            "CELERY_BROKER_URL": self.broker_url,
+            "HOSTNAME": f"bench-orchestrator-{n.suffix}",
+            "LOCK_DIR": str(self.workdir / "locks"),
+            "UI_URL": "http://ui.bench",
+            "BUILDER_QUEUE": n.q("builder"),
+            "DEPLOYER_QUEUE": n.q("deployer"),
+            "DEPLOY_OA_QUEUE": n.q("deploy_oa"),
+            "HIPCHAT_QUEUE": n.q("hipchat"),
+            "EMAIL_QUEUE": n.q("email"),
+        }
+
+    def orchestrator(
+        self,
+        pool: str | None = None,
+        concurrency: int | None = None,
+        extra_env: dict | None = None,
+        workers: int = 1,
+        repo: Path = REPO,
+        label: str = "orchestrator",
+    ) -> Child | Group:
+        """The orchestrator worker as the Procfile runs it (pool and concurrency overridable);
+        `workers` > 1 starts that many, each its own process, all on the same queue. `repo`
+        runs another tree's package and Procfile (a patched copy, for A/B comparisons)."""
+        args, p_pool, p_conc = procfile_worker(repo)
+        pool, concurrency = pool or p_pool, concurrency or p_conc
+        env = {**self.orchestrator_env(), **(extra_env or {})}
+        children = []
+        for i in range(workers):
+            name = f"{label}-{pool}-{concurrency}" + (f"-w{i}" if workers > 1 else "")
+            cmd = worker_command(
+                args, env, pool, concurrency, f"bench-{name}-{self.names.suffix}@bench"
+            )
+            children.append(self._child(name, cmd, env, Path(repo)))
+        return children[0] if workers == 1 else Group(children)
+
+    def baseline(
+        self, pool: str | None = None, concurrency: int | None = None, chats: bool = False
+    ) -> Child:
+        """The baseline worker, with the Procfile's command line shape, pool and concurrency;
+        with `chats`, the contract floor (the baseline plus the contract's chat fan-out)."""
+        args, p_pool, p_conc = procfile_worker()
+        pool, concurrency = pool or p_pool, concurrency or p_conc
+        conf = {
+            "broker_url": self.broker_url,
+            "queue": self.names.baseline,
+            "orchestrate_task": ORCHESTRATE_TASK,
+            "manager_url": self.url,
+            "token_url": f"{self.url}/oauth/token",
+            "client_id": "orchestrator",
+            "client_secret": self.secret,
+            "builder": self.plan["builder"],
+            "deployer": self.plan["deployer"],
+            "done": self.plan["done"],
+            "hipchat": self.plan["hipchat"],
+            "chats": chats,
+        }
+        path = self.workdir / ("floor.json" if chats else "baseline.json")
+        path.write_text(json.dumps(conf))
+        env = {"BENCH_BASELINE": str(path), "QUEUE_NAME": self.names.baseline}
+        shaped = ["celery", "-A", "bench.baseline", *args[3:]]  # same flags as the Procfile
+        name = f"{'floor' if chats else 'baseline'}-{pool}-{concurrency}"
+        cmd = worker_command(
+            shaped, env, pool, concurrency, f"bench-{name}-{self.names.suffix}@bench"
+        )
+        return self._child(name, cmd, env)
+
+    @staticmethod
+    def wait_ready(worker: Child | Group, timeout: float = 60) -> None:
+        worker.wait_for_log(r"\bready\.", timeout)
+
+    # -- observation ----------------------------------------------------------------------------
+
+    def peer_status(self) -> dict[str, Any]:
+        try:
+            return json.loads(Path(self.workdir / "peers-status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def counters(self) -> dict[str, int]:
+        return requests.get(f"{self.url}/_emulator/counters", timeout=10).json()
+
+    def reset_counters(self) -> None:
+        requests.delete(f"{self.url}/_emulator/counters", timeout=10).raise_for_status()
+
+    def cpu(self, worker: Child | Group) -> dict[str, float]:
+        parts = {
+            "worker": cpu_seconds(worker.tree()),
+            "peers": cpu_seconds(process_tree(self.peers.pid if self.peers else None)),
+            "emulator": cpu_seconds(process_tree(self.emulator.pid if self.emulator else None)),
+            "rabbitmq": cpu_seconds([self.rabbit_pid] if self.rabbit_pid else []),
+            "bench": cpu_seconds([os.getpid()]),
+        }
+        parts["machine_processes"], parts["kernel_irq"] = machine_busy_seconds()
+        return parts
+
+    # -- a phase --------------------------------------------------------------------------------
+
+    def send_start(self, queue: str, workflow_id: str) -> None:
+        from workflow_orchestrator.queues import orchestration_queue
+
+        self.caller.send_task(
+            ORCHESTRATE_TASK,
+            args=[{"id": workflow_id, "bench_sent_at": time.time()}],
+            queue=orchestration_queue(queue),
+            retry=True,
+        )
+
+    def run_phase(
+        self,
+        name: str,
+        worker: Child | Group,
+        *,
+        stall_timeout: float = 60.0,
+        on_sample: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run one phase's workflows through `worker`; return its measurements."""
+        spec = self.phases[name]
+        total = len(spec.ids)
+        tree = worker.tree()
+        rss_before = rss_bytes(tree)
+        pss_before = pss_bytes(tree)
+        self.reset_counters()
+        log_offset = worker.log_size()
+        peers_offset = self.peers.log_size() if self.peers else 0
+        cpu_before = self.cpu(worker)
+        started = time.time()
+        for wid in spec.ids[: spec.window]:
+            self.send_start(spec.queue, wid)
+        samples: list[tuple[float, int, int]] = []
+        last_progress, last_done = time.monotonic(), -1
+        while True:
+            time.sleep(0.25)
+            status = self.peer_status().get("phases", {}).get(name, {})
+            done = int(status.get("done", 0))
+            tree = worker.tree()
+            samples.append((time.time() - started, done, rss_bytes(tree)))
+            if on_sample:
+                on_sample({"done": done, "total": total})
+            if done >= total:
+                break
+            if done != last_done:
+                last_done, last_progress = done, time.monotonic()
+            if not worker.alive():
+                raise BenchError(f"{worker.name} died:\n{worker.tail()}")
+            if time.monotonic() - last_progress > stall_timeout:
+                raise BenchError(
+                    f"phase {name}: no progress for {stall_timeout:g} s at {done}/{total}; "
+                    f"peers: {status}\n{worker.name}:\n{worker.tail()}\npeers:\n"
+                    f"{self.peers.tail() if self.peers else ''}"
+                )
+        finished = float(status.get("last_done_at") or time.time())
+        cpu_after = self.cpu(worker)
+        cpu_wall = time.time() - started
+        counters = self.counters()
+        rss_after = rss_bytes(tree)
+        pss_after = pss_bytes(tree)
+        latency = self._latency(name)
+        log = worker.log(log_offset)
+
+        elapsed = finished - started
+        transitions = total * TRANSITIONS_PER_WORKFLOW
+        manager_calls = {k: v for k, v in counters.items() if k != "total"}
+        calls = sum(manager_calls.values())
+        cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+        ours = sum(cpu[k] for k in ("worker", "peers", "emulator", "rabbitmq", "bench"))
+        # other: processes that are not part of the benchmark (other sessions' tests...)
+        cpu["other"] = max(0.0, cpu.pop("machine_processes") - ours)
+        cpu["machine"] = ours + cpu["other"] + cpu["kernel_irq"]
+        runtimes = [float(x) for x in re.findall(r"succeeded in ([0-9.eE+-]+)s", log)]
+        all_latency = [v for values in latency.values() for v in values]
+        rss_points = [(d * TRANSITIONS_PER_WORKFLOW, r) for _, d, r in samples if d > 0]
+        rss_slope = slope(rss_points)
+        peers_log = self.peers.log(peers_offset) if self.peers else ""
+        broker_errors = len(
+            re.findall(r"Connection to broker lost|Cannot connect to amqp", log + peers_log)
+        )
+        other_share = cpu["other"] / cpu["machine"] if cpu["machine"] else 0.0
+        busy_cores = cpu["machine"] / cpu_wall if cpu_wall > 0 else 0.0
+        return {
+            "phase": name,
+            "disturbed": broker_errors > 0 or other_share > 0.15,
+            "broker_errors_logged": broker_errors,
+            "other_cpu_share": round(other_share, 3),
+            "busy_cores": round(busy_cores, 2),
+            "worker": worker.name,
+            "workflows": total,
+            "transitions": transitions,
+            "window": spec.window,
+            "seconds": round(elapsed, 3),
+            "transitions_per_s": round(transitions / elapsed, 1),
+            "workflows_per_s": round(total / elapsed, 1),
+            "failed": status.get("failed", 0),
+            "duplicates": status.get("duplicates", 0),
+            "chats": status.get("chats", 0),
+            "emails": status.get("emails", 0),
+            "messages_per_transition": round(
+                sum(status.get(k, 0) for k in ("requests", "chats", "emails", "done_messages"))
+                / transitions,
+                2,
+            ),
+            "manager_calls": manager_calls,
+            "manager_calls_per_transition": round(calls / transitions, 3),
+            "puts": manager_calls.get("PUT /workflows/{id}", 0),
+            "latency": {
+                "all": summary_ms(all_latency),
+                **{k: summary_ms(v) for k, v in latency.items()},
+            },
+            "task_runtime": summary_ms(runtimes),
+            "retries_logged": len(re.findall(r"retrying|Retry in", log)),
+            "errors_logged": len(re.findall(r"\b(ERROR|CRITICAL)\b", log)),
+            "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()},
+            "cpu_ms_per_transition": {k: round(v * 1000 / transitions, 3) for k, v in cpu.items()},
+            "rss_mb_before": round(rss_before / 2**20, 2),
+            "rss_mb_after": round(rss_after / 2**20, 2),
+            "pss_mb_before": round(pss_before / 2**20, 2),
+            "pss_mb_after": round(pss_after / 2**20, 2),
+            "rss_growth_mb_per_10k": round((rss_after - rss_before) / 2**20 / transitions * 1e4, 2),
+            "rss_slope_mb_per_10k": None
+            if rss_slope is None
+            else round(rss_slope * 1e4 / 2**20, 2),
+            "loadavg_after": list(os.getloadavg()),
+        }
+
+    def _latency(self, name: str, timeout: float = 10.0) -> dict[str, list[float]]:
+        path = self.workdir / f"latency-{name}.json"
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > deadline:
+                return {}
+            time.sleep(0.05)
+        return json.loads(path.read_text())
+
+    # -- tear-down ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for child in reversed(self._children):
+            child.stop()
+        if self.caller is not None:
+            self.caller.close()
+        try:
+            from kombu import Connection
+
+            with Connection(self.broker_url, connect_timeout=3) as conn:
+                channel = conn.channel()
+                for queue in self.names.all_queues():
+                    try:
+                        channel.queue_delete(queue)
+                        channel.exchange_delete(queue)
+                    except Exception:  # noqa: BLE001 - best effort
+                        channel = conn.channel()
+        except Exception as exc:  # noqa: BLE001
+            print(f"warning: could not delete the run's queues: {exc}", file=sys.stderr)
+        if not self.keep_logs:
+            for child in self._children:
+                try:
+                    child.log_path.unlink()
+                except OSError:
+                    pass
+        import shutil
+
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def measured_worker(
+    system: System,
+    worker: Child | Group,
+    warmup: str | None,
+    measure: str,
+    quiet: float | None = 0.15,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Start `worker`, warm it up, measure one phase, stop it; RSS at boot is kept too.
+
+    With `quiet`, first wait until the machine's busy share is below it (other sessions'
+    tests share the cores and the broker)."""
+    if quiet is not None:
+        wait_for_quiet(quiet)
+    worker.start()
+    try:
+        system.wait_ready(worker)
+        time.sleep(0.5)  # let the start-up (registration, token) finish
+        boot_rss = rss_bytes(worker.tree())
+        if warmup:
+            system.run_phase(warmup, worker)
+        result = system.run_phase(measure, worker, **kwargs)
+        result["rss_mb_at_boot"] = round(boot_rss / 2**20, 2)
+        return result
+    finally:
+        worker.stop()
