@@ -125,19 +125,6 @@ class OrchestratorProcess(WorkerProcess):
         super().__init__(env, name=name, **options)
 
 
-def settings_env(settings: Any) -> dict[str, str]:
-    """The environment that makes `load_settings()` return these settings."""
-    from dataclasses import fields
-
-    env: dict[str, str] = {}
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        if f.name == "extra_milestones":
-            value = ",".join(f"{m.name}={m.task}@{m.queue}" for m in value)
-        env[f.name.upper()] = str(value)
-    return env
-
-
 def test_queue_names(settings: Any) -> list[str]:
     """Every queue (and same-named exchange) a system under test declares."""
     return [

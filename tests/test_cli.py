@@ -34,7 +34,6 @@ from tests.support import (
     OrchestratorProcess,
     delete_test_queues,
     in_process_worker,
-    settings_env,
     wait_registered,
 )
 from workflow_orchestrator.cli import (
@@ -402,7 +401,7 @@ class Live:
     workdir: Path
 
     def env(self, **overrides: str) -> dict[str, str]:
-        env = {**os.environ, **settings_env(self.settings), "PYTHONPATH": str(REPO)}
+        env = {**os.environ, **self.settings.to_env(), "PYTHONPATH": str(REPO)}
         env.update(overrides)
         return {k: v for k, v in env.items() if v is not None}
 
@@ -473,7 +472,7 @@ def live_system(tag: str = "cli", step_seconds: tuple[float, float] = (0.3, 0.5)
         retry_backoff_max=2.0,
         out_of_order_retry_seconds=0.2,
     )
-    orchestrator = OrchestratorProcess(settings_env(settings), name=f"{tag}-orchestrator").start()
+    orchestrator = OrchestratorProcess(settings.to_env(), name=f"{tag}-orchestrator").start()
     peers = worker_app(
         "cli-test-peers",
         BROKER_URL,

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import REPO, settings_env, wait_for
+from tests.support import REPO, wait_for
 from tests.test_cli import SECRET, Live, live_system
 from workflow_orchestrator.worker_api import execute_workflow, worker_app
 
@@ -46,7 +46,7 @@ class Flower:
         self.log_path = Path(tempfile.mkstemp(prefix="wo-flower-", suffix=".log")[1])
         env = {
             **os.environ,
-            **settings_env(live.settings),
+            **live.settings.to_env(),
             "PYTHONPATH": str(REPO),
             # Flower 2 serves its API without authentication only when told to.
             "FLOWER_UNAUTHENTICATED_API": "true",

@@ -39,7 +39,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -244,17 +244,6 @@ def demo_settings(
     )
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes `load_settings()` in a worker process return `settings`."""
-    env: dict[str, str] = {}
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        if f.name == "extra_milestones":
-            value = ",".join(f"{m.name}={m.task}@{m.queue}" for m in value)
-        env[f.name.upper()] = str(value)
-    return env
-
-
 # -- workers ----------------------------------------------------------------------------
 
 
@@ -310,7 +299,7 @@ class OrchestratorProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OrchestratorProcess:
-        env = {**os.environ, **settings_env(self.settings)}
+        env = {**os.environ, **self.settings.to_env()}
         spec = importlib.util.find_spec("celeryconfig")
         if spec is None or not spec.origin:
             raise DemoError("cannot find the celeryconfig module the worker loads")

@@ -174,6 +174,17 @@ class Settings:
         if not self.hostname:
             object.__setattr__(self, "hostname", socket.gethostname())
 
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `load_settings()` in another process return these
+        settings (how the demo, tests and benchmark configure a worker subprocess)."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra_milestones":
+                value = ",".join(f"{m.name}={m.task}@{m.queue}" for m in value)
+            env[f.name.upper()] = str(value)
+        return env
+
     def describe(self) -> dict[str, Any]:
         """Every setting with secrets masked: safe to log or print."""
         out: dict[str, Any] = {}

@@ -26,7 +26,6 @@ from tests.support import (
     OrchestratorProcess,
     WorkerProcess,
     delete_test_queues,
-    settings_env,
     wait_for,
 )
 from workflow_orchestrator.emulator import ManagerEmulator
@@ -250,7 +249,7 @@ def make_system(
     }
     processes = []
     for n in range(orchestrators):
-        env = {**settings_env(settings), "HOSTNAME": f"orchestrator-{tag}-{n}", **(extra_env or {})}
+        env = {**settings.to_env(), "HOSTNAME": f"orchestrator-{tag}-{n}", **(extra_env or {})}
         processes.append(
             OrchestratorProcess(env, pool=pool, concurrency=concurrency, name=f"orch{n}")
         )

@@ -23,7 +23,6 @@ from tests.support import (
     OrchestratorProcess,
     delete_test_queues,
     in_process_worker,
-    settings_env,
     wait_for,
     wait_registered,
 )
@@ -229,7 +228,7 @@ def system() -> Iterator[System]:
         hipchat_queue=unique("hipchat"),
         email_queue=unique("email"),
     )
-    orchestrator = OrchestratorProcess(settings_env(settings)).start()
+    orchestrator = OrchestratorProcess(settings.to_env()).start()
     recorder = Recorder()
     peers = build_peers(settings, recorder)
     caller = worker_app(

@@ -87,3 +87,10 @@ def test_extra_milestones() -> None:
         ("smoke", "tester.smoke", "smoke"),
         ("lint", "l.run", "lint"),
     ]
+
+
+def test_to_env_round_trips_through_load_settings() -> None:
+    original = load_settings(
+        reader({**GOOD, "EXTRA_MILESTONES": "smoke=tester.smoke@smoke", "MAX_RETRIES": "7"})
+    )
+    assert load_settings(reader(original.to_env())) == original
