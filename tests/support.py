@@ -184,3 +184,37 @@ def in_process_worker(app: Any, hostname: str, concurrency: int = 4) -> Any:
         heartbeat_interval=0.5,
         shutdown_timeout=15,
     )
+
+
+def system_settings(
+    emulator: Any, *, secret: str, prefix: str, broker_url: str, **changes: Any
+) -> Any:
+    """Settings of an orchestrator under test: the emulator's URLs, queues named
+    `{prefix}_{name}` so runs never share one, its own lock directory and fast retries;
+    `changes` override any of it."""
+    from workflow_orchestrator.settings import Settings
+
+    def q(name: str) -> str:
+        return f"{prefix}_{name}"
+
+    options: dict[str, Any] = {
+        "exchange_id": "1",
+        "broker_id": "1",
+        "manager_url": emulator.url,
+        "oauth_login_url": emulator.token_url,
+        "oauth_client_id": "orchestrator",
+        "oauth_client_secret": secret,
+        "celery_broker_url": broker_url,
+        "queue_name": q("orchestration"),
+        "builder_queue": q("builder"),
+        "deployer_queue": q("deployer"),
+        "deploy_oa_queue": q("deploy_oa"),
+        "hipchat_queue": q("hipchat"),
+        "email_queue": q("email"),
+        "lock_dir": tempfile.mkdtemp(prefix="wo-locks-"),
+        "out_of_order_retry_seconds": 0.2,
+        "retry_backoff_seconds": 0.2,
+        "retry_backoff_max": 2.0,
+        **changes,
+    }
+    return Settings(**options)

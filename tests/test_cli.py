@@ -34,6 +34,7 @@ from tests.support import (
     OrchestratorProcess,
     delete_test_queues,
     in_process_worker,
+    system_settings,
     wait_registered,
 )
 from workflow_orchestrator.cli import (
@@ -441,9 +442,6 @@ def live_system(tag: str = "cli", step_seconds: tuple[float, float] = (0.3, 0.5)
     The peers send task events (as the orchestrator does) so Flower sees them finish.
     """
 
-    def unique(name: str) -> str:
-        return f"wo_{tag}_{SUFFIX}_{name}"
-
     with Connection(BROKER_URL, connect_timeout=3) as conn:
         conn.ensure_connection(max_retries=1)
     emulator = ManagerEmulator(client_id="orchestrator", client_secret=SECRET).start()
@@ -452,25 +450,12 @@ def live_system(tag: str = "cli", step_seconds: tuple[float, float] = (0.3, 0.5)
     emulator.add_module("1", "deployer", hostname="deployer-1")
     emulator.add_cluster("build-cluster-1", "1", allow_docker_builds=True)
     emulator.add_cluster("demo-deploy-cluster", "1")
-    settings = Settings(
-        exchange_id="1",
-        broker_id="1",
-        manager_url=emulator.url,
-        oauth_login_url=emulator.token_url,
-        oauth_client_id="orchestrator",
-        oauth_client_secret=SECRET,
-        celery_broker_url=BROKER_URL,
-        queue_name=unique("orchestration"),
-        builder_queue=unique("builder"),
-        deployer_queue=unique("deployer"),
-        deploy_oa_queue=unique("deploy_oa"),
-        hipchat_queue=unique("hipchat"),
-        email_queue=unique("email"),
+    settings = system_settings(
+        emulator,
+        secret=SECRET,
+        prefix=f"wo_{tag}_{SUFFIX}",
+        broker_url=BROKER_URL,
         hostname=f"{tag}-orchestrator-{SUFFIX}",
-        lock_dir=tempfile.mkdtemp(prefix="wo-cli-locks-"),
-        retry_backoff_seconds=0.2,
-        retry_backoff_max=2.0,
-        out_of_order_retry_seconds=0.2,
     )
     orchestrator = OrchestratorProcess(settings.to_env(), name=f"{tag}-orchestrator").start()
     peers = worker_app(

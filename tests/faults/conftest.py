@@ -26,6 +26,7 @@ from tests.support import (
     OrchestratorProcess,
     WorkerProcess,
     delete_test_queues,
+    system_settings,
     wait_for,
 )
 from workflow_orchestrator.emulator import ManagerEmulator
@@ -205,35 +206,17 @@ def make_system(
 ) -> FaultSystem:
     tag = uuid.uuid4().hex[:8]
 
-    def q(name: str) -> str:
-        return f"wo_fault_{tag}_{name}"
-
     options: dict[str, Any] = {
+        "ui_url": "http://ui.example",
         "manager_connect_timeout": 1.0,
         "manager_read_timeout": 2.0,
-        "out_of_order_retry_seconds": 0.2,
         "retry_backoff_seconds": 0.25,
         "retry_backoff_max": 4.0,
         "max_retries": 60,
-        **settings_changes,
+        **settings_changes,  # a scenario's own values win
     }
-    settings = Settings(
-        exchange_id="1",
-        broker_id="1",
-        manager_url=emulator.url,
-        oauth_login_url=emulator.token_url,
-        oauth_client_id="orchestrator",
-        oauth_client_secret=SECRET,
-        queue_name=q("orchestration"),
-        ui_url="http://ui.example",
-        celery_broker_url=BROKER_URL,
-        lock_dir=tempfile.mkdtemp(prefix="wo-fault-locks-"),
-        builder_queue=q("builder"),
-        deployer_queue=q("deployer"),
-        deploy_oa_queue=q("deploy_oa"),
-        hipchat_queue=q("hipchat"),
-        email_queue=q("email"),
-        **options,
+    settings = system_settings(
+        emulator, secret=SECRET, prefix=f"wo_fault_{tag}", broker_url=BROKER_URL, **options
     )
     record = Path(tempfile.mkstemp(prefix="wo-peers-", suffix=".jsonl")[1])
     peers_env = {

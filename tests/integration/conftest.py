@@ -7,7 +7,6 @@ Queue names are unique per test session, so leftovers of an earlier run never le
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import uuid
 from collections import defaultdict
@@ -23,6 +22,7 @@ from tests.support import (
     OrchestratorProcess,
     delete_test_queues,
     in_process_worker,
+    system_settings,
     wait_for,
     wait_registered,
 )
@@ -205,28 +205,15 @@ def system() -> Iterator[System]:
     emulator.add_cluster("deploy-cluster-2", 2)
     emulator.add_cluster("orphan-cluster", None)
 
-    settings = Settings(
-        exchange_id="1",
-        broker_id="1",
-        manager_url=emulator.url,
-        oauth_login_url=emulator.token_url,
-        oauth_client_id="orchestrator",
-        oauth_client_secret=CLIENT_SECRET,
-        queue_name=unique("orchestration"),
+    settings = system_settings(
+        emulator,
+        secret=CLIENT_SECRET,
+        prefix=f"wo_it_{SUFFIX}",
+        broker_url=BROKER_URL,
         ui_url="http://ui.example",
         hostname=f"orchestrator-{SUFFIX}",
-        celery_broker_url=BROKER_URL,
         manager_read_timeout=5.0,
-        out_of_order_retry_seconds=0.2,
-        retry_backoff_seconds=0.2,
-        retry_backoff_max=2.0,
         max_retries=8,
-        lock_dir=tempfile.mkdtemp(prefix="wo-locks-"),
-        builder_queue=unique("builder"),
-        deployer_queue=unique("deployer"),
-        deploy_oa_queue=unique("deploy_oa"),
-        hipchat_queue=unique("hipchat"),
-        email_queue=unique("email"),
     )
     orchestrator = OrchestratorProcess(settings.to_env()).start()
     recorder = Recorder()
