@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .choice import run_key
 from .durations import elapsed
 from .milestones import (
     Dispatched,
@@ -242,8 +243,8 @@ def transition(
     # The run's start time travels in every request and callback, so any copy of a
     # message for this run derives the same ids; a start message has none yet, and
     # its own identity (kept by redelivery) stands in.
-    run_key = workflow.get("workflow_start_time") or message_key
-    run = _Run(workflow, now, topology, config, run_key)
+    run_started = workflow.get("workflow_start_time") or message_key
+    run = _Run(workflow, now, topology, config, run_started)
     run.apply(message)
     return Decision(Outcome.APPLIED, run.summary, run.workflow, tuple(run.effects))
 
@@ -367,6 +368,7 @@ class _Run:
             exchange_id=self.config.exchange_id,
             schedule_poll_seconds=self.config.schedule_poll_seconds,
             log=self.log,
+            run_key=run_key(wf["id"], self.run_key),
         )
         result = milestone.handler(ctx, milestone)
         if isinstance(result, Passed):

@@ -689,3 +689,19 @@ def test_recipients_expand_groups_and_keep_other_entries_as_they_are() -> None:
         "a@x",
     ]
     assert lines(decision)[-1].endswith("recipient(s): a@x, b@x, unknown-group, 42, s@x, a@x")
+
+
+def test_build_cluster_is_fixed_per_run_and_spread_over_runs() -> None:
+    clusters = [{"etcd_token": f"build-{i}", "messaging_exchange_id": 1} for i in range(3)]
+
+    def chosen(workflow_id: str, started: str) -> str:
+        stored = stored_workflow(id=workflow_id, workflow_start_time=started)
+        decision = run(stored, {"id": workflow_id}, topology=FakeTopology(build_clusters=clusters))
+        (request,) = requests(decision)
+        return request.payload["docker_build_etcd_token"]
+
+    started = "2026-11-27T05:00:00Z"
+    # a transition redone from the same state picks the same cluster, every time
+    assert len({chosen(WID, started) for _ in range(5)}) == 1
+    runs = {chosen(f"00000000-0000-4000-8000-{i:012d}", started) for i in range(40)}
+    assert runs == {"build-0", "build-1", "build-2"}
