@@ -18,9 +18,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-from celery import Celery, current_app, signals
+from celery import Celery, current_app
 from celery.contrib.testing.worker import start_worker
 from kombu import Connection, Exchange, Queue
 from kombu.message import Message
@@ -332,34 +333,36 @@ def test_worker_app_settings() -> None:
         assert queues[name].exchange.type == "direct"
         assert queues[name].routing_key == name
         assert not queues[name].queue_arguments
-    expected = orchestration_queue("workflow_orchestration")
-    assert queues["workflow_orchestration"].queue_arguments == expected.queue_arguments
+    # declared as a vanilla Celery caller declares it: no x-arguments
+    assert not queues["workflow_orchestration"].queue_arguments
+    assert queues["workflow_orchestration"].durable
 
     route = peer.amqp.router.route({}, ORCHESTRATE_TASK)
     assert route["queue"].name == "workflow_orchestration"
 
-    custom = worker_app("p", BROKER_URL, orchestration_queue="wo", orchestration_error_queue="dlq")
+    custom = worker_app("p", BROKER_URL, orchestration_queue="wo")
     (queue,) = custom.conf.task_queues
-    assert queue.queue_arguments == orchestration_queue("wo", "dlq").queue_arguments
+    assert (queue.name, queue.routing_key, queue.queue_arguments) == ("wo", "wo", None)
+
+
+def test_worker_app_uses_its_broker_whatever_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://elsewhere:5672//other")
+    peer = worker_app("wo-test-peer", BROKER_URL)
+    with peer.connection_for_write() as write, peer.connection_for_read() as read:
+        assert write.as_uri(include_password=True) == read.as_uri(include_password=True)
+        assert "elsewhere" not in write.as_uri()
+        assert write.hostname == urlsplit(BROKER_URL).hostname
 
 
 @pytest.fixture
 def no_orchestrator_worker_hooks() -> Iterator[None]:
-    """Run peer workers in this process without the orchestrator's start-up checks.
-
-    `workflow_orchestrator.celery_app` connects its `worker_init` settings check for
-    every worker in the process, and importing any `workflow_orchestrator` module
-    imports it; without its settings a peer worker would exit.
-    """
-    from workflow_orchestrator.celery_app import check_settings
-
-    connected = signals.worker_init.disconnect(check_settings)
+    """Give the process its current Celery app back after a peer worker ran."""
     previous = current_app._get_current_object()
     yield
     previous.set_current()
     previous.set_default()
-    if connected:
-        signals.worker_init.connect(check_settings)
 
 
 @contextlib.contextmanager

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, bootsteps
-from kombu import Exchange, Queue
+from kombu import Queue
 
 from .notifications import room_names
 from .publisher import PUBLISH_RETRY_POLICY, describe
-from .queues import orchestration_queue as _declared_orchestration_queue
+from .queues import plain_queue
 
 logger = logging.getLogger("workflow_orchestrator.worker_api")
 
@@ -69,20 +69,11 @@ def _log_event(request: dict[str, Any], message: str) -> None:
     ]
 
 
-def _plain_queue(name: str) -> Queue:
-    """A durable queue on a direct exchange of the same name, as Celery declares routed queues."""
-    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
-
-
-def _destination(app: Celery, name: str, orchestration: bool) -> str | Queue:
-    """The app's own declaration of `name` when it has one, else a matching one.
-
-    Celery declares the queue it publishes to; the orchestration queue carries
-    dead-letter arguments, and a declaration without them is refused by RabbitMQ.
-    """
+def _destination(app: Celery, name: str) -> str | Queue:
+    """The app's own declaration of `name` when it has one, else the plain Celery one."""
     if name in app.amqp.queues:
         return name
-    return _declared_orchestration_queue(name) if orchestration else _plain_queue(name)
+    return plain_queue(name)
 
 
 def _send(
@@ -114,7 +105,7 @@ def _report_back(
     return _send(
         app,
         orchestrate_task,
-        _destination(app, queue, orchestration=True),
+        _destination(app, queue),
         request,
         describe(request, event),
     )
@@ -137,7 +128,7 @@ def _notify(
     return _send(
         app,
         hipchat_task,
-        _destination(app, hipchat_queue, orchestration=False),
+        _destination(app, hipchat_queue),
         payload,
         describe(request, "notification"),
     )
@@ -250,7 +241,7 @@ def execute_workflow(
     return _send(
         app,
         orchestrate_task,
-        _destination(app, queue, orchestration=True),
+        _destination(app, queue),
         payload,
         describe(payload, "start"),
     )
@@ -277,23 +268,23 @@ def worker_app(
     *,
     queues: Sequence[str] = (),
     orchestration_queue: str = ORCHESTRATION_QUEUE,
-    orchestration_error_queue: str = "",
     orchestrate_task: str = ORCHESTRATE_TASK,
 ) -> Celery:
     """A Celery app for a peer worker that reports back to the orchestrator.
 
     JSON only (the bus is shared), at-least-once (acks late, prefetch 1, confirmed
     publishes), its own `queues` as plain durable queues, and the orchestration queue
-    declared exactly as the orchestrator declares it, so publishing to it is accepted
-    by RabbitMQ (`orchestration_error_queue` must match the orchestrator's
-    ERROR_QUEUE_NAME; empty means `{orchestration_queue}_error`); that queue is never
-    consumed by this worker.
+    declared as any Celery client declares it; that queue is never consumed by this
+    worker. The app uses `broker_url` whatever CELERY_BROKER_URL says.
     """
     if isinstance(queues, str):
         raise TypeError("queues must be a list of queue names, not a string")
-    own = [_plain_queue(q) for q in queues]
+    own = [plain_queue(q) for q in queues]
     settings: dict[str, Any] = {
+        # Celery prefers CELERY_BROKER_URL over broker_url; the read/write URLs win.
         "broker_url": broker_url,
+        "broker_read_url": broker_url,
+        "broker_write_url": broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {"confirm_publish": True},
         "task_serializer": "json",
@@ -304,10 +295,7 @@ def worker_app(
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
-        "task_queues": [
-            *own,
-            _declared_orchestration_queue(orchestration_queue, orchestration_error_queue),
-        ],
+        "task_queues": [*own, plain_queue(orchestration_queue)],
         "task_routes": {orchestrate_task: {"queue": orchestration_queue}},
         PUBLISH_ONLY_SETTING: [orchestration_queue],
     }

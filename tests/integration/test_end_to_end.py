@@ -317,21 +317,32 @@ def test_poison_messages_are_dead_lettered_and_the_worker_goes_on(system: System
         lambda: dead.extend(system.dead_letters()) or len(dead) >= expected, what="dead letters"
     )
     assert len(dead) == expected
-    events = wait_for(
-        lambda: [
-            e
-            for e in system.emulator.system_events()
-            if "dead-letter" in e["message"].lower()
-            or "does not exist" in e["message"]
-            or "invalid orchestration request" in e["message"]
-        ],
-        what="system events",
-    )
-    messages = " | ".join(e["message"] for e in system.emulator.system_events())
-    assert "field 'milestones' must be a list or null, got a string" in messages
-    assert "field 'current_step' must be a string or null, got an integer" in messages
-    assert f"Workflow {unknown} does not exist in the Manager" in messages
-    assert "undecodable" in messages
+    reasons = [m.headers["x-orchestrator-dead-letter-reason"] for m in dead]
+    assert all(m.headers.get("x-orchestrator-dead-lettered-at") for m in dead)
+    assert any("names task 'workflow_orchestrator.no_such_task'" in r for r in reasons), reasons
+    assert any("the body cannot be decoded" in r for r in reasons), reasons
+    raw = [m for m in dead if m.body == b"\xff\xfe not utf-8 \x80"]
+    assert len(raw) == 1 and raw[0].headers["task"] == system.settings.orchestrate_task
+    wanted = {
+        "field 'milestones' must be a list or null, got a string": "invalid_message",
+        "field 'current_step' must be a string or null, got an integer": "invalid_message",
+        f"Workflow {unknown} does not exist in the Manager": "unknown_workflow",
+        "the body cannot be decoded": "invalid_message",
+        "names task 'workflow_orchestrator.no_such_task', which this worker does not run": (
+            "invalid_message"
+        ),
+    }
+
+    def found() -> dict[str, dict]:
+        events = system.emulator.system_events()
+        return {text: event for text in wanted for event in events if text in event["message"]}
+
+    wait_for(lambda: len(found()) == len(wanted), what="a system event for each bad message")
+    events = list(found().values())
+    assert {text: e["data"]["kind"] for text, e in found().items()} == wanted
     assert all(e["type"] == "unhandled_exception" for e in events)
     assert all(e["data"]["component"] == "workflow_orchestration" for e in events)
+    assert found()[f"Workflow {unknown} does not exist in the Manager"]["data"]["workflow_id"] == (
+        unknown
+    )
     assert system.settings.oauth_client_secret not in json.dumps(system.emulator.system_events())
