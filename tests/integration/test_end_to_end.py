@@ -346,3 +346,19 @@ def test_poison_messages_are_dead_lettered_and_the_worker_goes_on(system: System
         unknown
     )
     assert system.settings.oauth_client_secret not in json.dumps(system.emulator.system_events())
+
+
+def test_a_vanilla_celery_caller_starts_a_workflow(system: System) -> None:
+    """Celery's defaults, a broker URL and nothing of ours: one plain send_task."""
+    from celery import Celery
+
+    caller = Celery("vanilla-caller", broker=BROKER_URL, set_as_current=False)
+    workflow_id = system.new_workflow(["build", "deploy"])
+    caller.send_task(
+        system.settings.orchestrate_task,
+        args=[{"id": workflow_id}],
+        queue=system.settings.queue_name,
+    )
+    done = system.wait_completed(workflow_id)
+    assert done["workflow_error"] is False
+    assert "Workflow completed in " in " ".join(system.events(workflow_id))
