@@ -167,8 +167,9 @@ def _transition(
     stored = rt.manager.get_workflow(workflow_id)
     crash_point("after_load", workflow_id)
     now = rt.clock()
+    state = state_fingerprint(stored)
     if classify(stored, request)[0] is None:  # it will be applied: maybe a redo
-        first = rt.locks.transition_time(workflow_id, state_fingerprint(stored), to_iso(now))
+        first = rt.locks.transition_time(workflow_id, state, to_iso(now))
         now = parse_instant(first) or now
     decision = transition(
         stored,
@@ -194,11 +195,7 @@ def _transition(
     if decision.outcome is Outcome.INCONSISTENT:
         _dead_letter(rt, "inconsistent_message", decision.summary, workflow_id, message_key)
     assert decision.workflow is not None
-    for effect in decision.before_save:
-        if isinstance(effect, WorkerRequest):
-            rt.publisher.worker_request(effect)
-        elif isinstance(effect, EmailNotification):
-            rt.publisher.email(effect, workflow_id)
+    _publish_before_save(rt, workflow_id, state, decision.before_save)
     crash_point("after_publish", workflow_id)
     rt.manager.save_workflow(workflow_id, decision.workflow)
     crash_point("after_save", workflow_id)
@@ -213,6 +210,30 @@ def _transition(
         )
     logger.info("workflow %s: %s", workflow_id, decision.summary)
     return decision.summary
+
+
+def _publish_before_save(
+    rt: Runtime, workflow_id: str, state: str, effects: tuple[Any, ...]
+) -> None:
+    """Publish what must not be lost, once per stored state: when the save that follows
+    fails and the transition is redone from the same state, what was published then is
+    not sent again (workers do not de-duplicate by task id)."""
+    remembered = (rt.locks.recall(workflow_id, "published") or "").split()
+    done = set(remembered[1:]) if remembered[:1] == [state] else set()
+    for effect in effects:
+        if effect.task_id in done:
+            logger.info(
+                "workflow %s: task %s was published before a failed save; not sent again",
+                workflow_id,
+                effect.task_id,
+            )
+            continue
+        if isinstance(effect, WorkerRequest):
+            rt.publisher.worker_request(effect)
+        elif isinstance(effect, EmailNotification):
+            rt.publisher.email(effect, workflow_id)
+        done.add(effect.task_id)
+        rt.locks.remember(workflow_id, "published", " ".join([state, *sorted(done)]))
 
 
 def _dead_letter(
