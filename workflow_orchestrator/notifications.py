@@ -25,12 +25,18 @@ def room_names(workflow: dict[str, Any]) -> list[Any] | None:
 
 
 def chat_payload(workflow: dict[str, Any], message: str, is_success: bool) -> dict[str, Any]:
-    return {
+    """The chat task's argument. OpenAperture's Notifications reads extra rooms from
+    `notifications.hipchat_rooms` and ignores `room_names`: both are sent."""
+    rooms = room_names(workflow)
+    payload: dict[str, Any] = {
         "is_success": is_success,
         "prefix": event_prefix(workflow),
         "message": message,
-        "room_names": room_names(workflow),
+        "room_names": rooms,
     }
+    if rooms:
+        payload["notifications"] = {"hipchat_rooms": list(rooms)}
+    return payload
 
 
 def completion_recipients(workflow: dict[str, Any]) -> list[Any] | None:

@@ -700,3 +700,27 @@ def test_build_cluster_is_fixed_per_run_and_spread_over_runs() -> None:
     assert len({chosen(WID, started) for _ in range(5)}) == 1
     runs = {chosen(f"00000000-0000-4000-8000-{i:012d}", started) for i in range(40)}
     assert runs == {"build-0", "build-1", "build-2"}
+
+
+@pytest.mark.parametrize(
+    ("stored_step", "message_step"), [("", None), (None, ""), ("", ""), ("", "ignored-absent")]
+)
+def test_an_empty_current_step_means_no_step(stored_step: Any, message_step: Any) -> None:
+    message: dict[str, Any] = {"id": WID}
+    if message_step != "ignored-absent":
+        message["current_step"] = message_step
+    decision = run(stored_workflow(current_step=stored_step), message)
+    assert decision.outcome is Outcome.APPLIED
+    assert lines(decision)[:2] == ["Starting workflow...", "Starting Workflow Milestone: build"]
+    assert requests(decision)[0].payload["current_step"] == "build"
+
+
+def test_chats_carry_the_rooms_where_notifications_reads_them() -> None:
+    rooms = {"hipchat": {"room_names": ["Deploys", "Team A"]}}
+    decision = run(stored_workflow(), {"id": WID, "notifications_config": rooms})
+    chats = [e.payload for e in decision.effects if isinstance(e, ChatNotification)]
+    assert chats and all(c["room_names"] == ["Deploys", "Team A"] for c in chats)
+    assert all(c["notifications"] == {"hipchat_rooms": ["Deploys", "Team A"]} for c in chats)
+    plain = run(stored_workflow(), {"id": WID})
+    chats = [e.payload for e in plain.effects if isinstance(e, ChatNotification)]
+    assert all(c["room_names"] is None and "notifications" not in c for c in chats)
