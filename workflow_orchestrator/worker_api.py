@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+import socket
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery, bootsteps
 from kombu import Queue
 
-from .notifications import room_names
+from .manager import ManagerClient
+from .notifications import chat_note, room_names
 from .publisher import PUBLISH_RETRY_POLICY, describe
 from .queues import plain_queue
 
@@ -42,6 +45,8 @@ __all__ = [
     "execute_workflow",
     "publish_failure_notification",
     "publish_success_notification",
+    "register",
+    "save",
     "step_completed",
     "step_failed",
     "worker_app",
@@ -119,12 +124,7 @@ def _notify(
     hipchat_task: str,
     hipchat_queue: str,
 ) -> str:
-    payload = {
-        "is_success": is_success,
-        "prefix": worker_prefix(request),
-        "message": message,
-        "room_names": room_names(request),
-    }
+    payload = chat_note(worker_prefix(request), message, is_success, room_names(request))
     return _send(
         app,
         hipchat_task,
@@ -167,24 +167,37 @@ def step_failed(
 ) -> str:
     """Report the step as failed, which fails the workflow; returns the callback's task id.
 
-    Logs `message` and `Workflow step failed: {reason}`, sends a failure chat
-    notification (best effort: a chat outage must not leave the workflow hanging), then
-    reports back with `workflow_error` and `workflow_completed` set.
+    As OpenAperture's `workflow_orchestrator_api`: logs `reason`, then `message`, sends
+    `message` as a failure chat notification (best effort: a chat outage must not
+    leave the workflow hanging), then reports back with `workflow_error` and
+    `workflow_completed` set.
     """
     request = _copy(request)
     request["workflow_error"] = True
     request["workflow_completed"] = True
-    if message:
-        _log_event(request, message)
-    _log_event(request, f"Workflow step failed: {reason}")
-    chat = f"{message} (reason: {reason})" if message else f"Workflow step failed: {reason}"
+    _log_event(request, reason)
+    _log_event(request, message)
     try:
-        _notify(app, request, chat, False, hipchat_task, hipchat_queue)
+        _notify(app, request, message, False, hipchat_task, hipchat_queue)
     except Exception:  # the report back below matters more than the chat line
         logger.exception(
             "could not send the failure notification of workflow %s", request.get("id")
         )
     return _report_back(app, request, "failed", orchestrate_task, orchestration_queue)
+
+
+def _publish_notification(
+    app: Celery,
+    request: dict[str, Any],
+    message: str,
+    is_success: bool,
+    hipchat_task: str,
+    hipchat_queue: str,
+) -> dict[str, Any]:
+    request = _copy(request)
+    _log_event(request, message)
+    _notify(app, request, message, is_success, hipchat_task, hipchat_queue)
+    return request
 
 
 def publish_success_notification(
@@ -194,9 +207,10 @@ def publish_success_notification(
     *,
     hipchat_task: str = HIPCHAT_TASK,
     hipchat_queue: str = HIPCHAT_QUEUE,
-) -> str:
-    """Post a success line to the workflow's chat rooms; returns the task id."""
-    return _notify(app, _copy(request), message, True, hipchat_task, hipchat_queue)
+) -> dict[str, Any]:
+    """A progress line: appended to the request's event log (so it reaches the workflow
+    with the report) and posted to the workflow's chat rooms; returns the updated request."""
+    return _publish_notification(app, request, message, True, hipchat_task, hipchat_queue)
 
 
 def publish_failure_notification(
@@ -206,9 +220,89 @@ def publish_failure_notification(
     *,
     hipchat_task: str = HIPCHAT_TASK,
     hipchat_queue: str = HIPCHAT_QUEUE,
-) -> str:
-    """Post a failure line to the workflow's chat rooms; returns the task id."""
-    return _notify(app, _copy(request), message, False, hipchat_task, hipchat_queue)
+) -> dict[str, Any]:
+    """A failure line, logged and posted like `publish_success_notification`."""
+    return _publish_notification(app, request, message, False, hipchat_task, hipchat_queue)
+
+
+def save(manager: ManagerClient, request: dict[str, Any]) -> None:
+    """`PUT /workflows/{id}` of the request's workflow fields, as OpenAperture's builder
+    does on receipt, so the Manager shows the step's progress before the report."""
+    workflow_id = request.get("id")
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ValueError("the request has no workflow id")
+    manager.save_workflow(workflow_id, request)
+
+
+class ModuleRegistration:
+    """A worker's module record in the Manager, kept alive by a heartbeat thread.
+
+    OpenAperture's Overseer marks a module inactive when its record is ten minutes old
+    and then deletes it; the orchestrator then fails workflows for lack of a builder.
+    """
+
+    def __init__(
+        self,
+        manager: ManagerClient,
+        exchange_id: str | int,
+        module_type: str,
+        *,
+        hostname: str | None = None,
+        interval: float = 30.0,
+        workload: Callable[[], list[Any]] = list,
+    ) -> None:
+        self.manager = manager
+        self.exchange_id = exchange_id
+        self.module_type = module_type
+        self.hostname = hostname or socket.gethostname()
+        self.interval = interval
+        self.workload = workload
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"register-{module_type}", daemon=True
+        )
+
+    def record(self, status: str) -> dict[str, Any]:
+        workload = self.workload() if status == "active" else []
+        return {
+            "hostname": self.hostname,
+            "type": self.module_type,
+            "status": status,
+            "workload": workload,
+        }
+
+    def start(self) -> ModuleRegistration:
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.manager.register_module(self.exchange_id, self.record("active"))
+            except Exception as exc:  # noqa: BLE001 - a refused heartbeat costs a line
+                logger.warning("could not register %s with the Manager: %s", self.module_type, exc)
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        """Stop the heartbeat and register once more as `inactive`."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        try:
+            self.manager.register_module(self.exchange_id, self.record("inactive"))
+        except Exception as exc:  # noqa: BLE001 - shutting down anyway
+            logger.warning("could not register %s as inactive: %s", self.module_type, exc)
+
+
+def register(
+    manager: ManagerClient,
+    exchange_id: str | int,
+    module_type: str,
+    **options: Any,
+) -> ModuleRegistration:
+    """Register this worker's module (e.g. `builder`) and keep it alive; `.stop()` at exit."""
+    return ModuleRegistration(manager, exchange_id, module_type, **options).start()
 
 
 def execute_workflow(
