@@ -362,3 +362,23 @@ def test_a_vanilla_celery_caller_starts_a_workflow(system: System) -> None:
     done = system.wait_completed(workflow_id)
     assert done["workflow_error"] is False
     assert "Workflow completed in " in " ".join(system.events(workflow_id))
+
+
+def test_credentials_refused_while_running_keep_the_messages(system: System) -> None:
+    """Credentials rotated under a running worker: each retry says which settings, no
+    message is dead-lettered, and the work completes once the credentials work again."""
+    system.dead_letters()
+    workflow_id = system.new_workflow(["build"])
+    system.emulator.expire_tokens()
+    system.emulator.fail_for(4, status=401, include_token=True)
+    system.start(workflow_id)
+    wait_for(
+        lambda: system.orchestrator.log().count("OAUTH_CLIENT_SECRET") >= 2,
+        what="retries naming the credentials settings",
+    )
+    done = system.wait_completed(workflow_id)
+    assert done["workflow_error"] is False
+    assert system.dead_letters() == []
+    lines = [line for line in system.orchestrator.log().splitlines() if "OAUTH_CLIENT" in line]
+    assert all("retrying in" in line for line in lines), lines
+    assert system.settings.oauth_client_secret not in system.orchestrator.log()
