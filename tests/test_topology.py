@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from workflow_orchestrator.emulator import ManagerEmulator
@@ -75,16 +73,6 @@ def test_no_build_cluster_anywhere_is_not_cached(
     assert topology.build_clusters() == []
     manager_emulator.add_cluster("late", 1, allow_docker_builds=True)
     assert [c["etcd_token"] for c in topology.build_clusters()] == ["late"]
-
-
-def test_random_pick(manager_client: ManagerClient) -> None:
-    picks = {
-        ManagerTopology(manager_client, "1", rng=random.Random(seed)).choose(
-            [{"etcd_token": "a"}, {"etcd_token": "b"}, {"etcd_token": "c"}]
-        )["etcd_token"]
-        for seed in range(30)
-    }
-    assert picks == {"a", "b", "c"}
 
 
 def test_cluster_by_token(manager_emulator: ManagerEmulator, topology: ManagerTopology) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from .choice import pick
 from .errors import ManagerNotFound, ManagerPermanentError
 from .timefmt import parse_instant
 
@@ -30,10 +31,6 @@ class Topology(Protocol):
 
     def has_module(self, exchange_id: Any, module_type: str) -> bool:
         """Whether any module of this type is registered in the exchange."""
-        ...
-
-    def choose(self, options: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Pick one of several clusters (randomly, in the shell)."""
         ...
 
 
@@ -82,6 +79,8 @@ class StepContext:
     exchange_id: str
     schedule_poll_seconds: int
     log: Callable[[str], None]
+    #: Identifies this workflow run: every choice among several is a hash of it.
+    run_key: str = ""
 
 
 Handler = Callable[[StepContext, "Milestone"], StepResult]
@@ -114,7 +113,7 @@ def request_build(ctx: StepContext, milestone: Milestone) -> StepResult:
         return _lookup_failure(step, exc)
     if not clusters:
         return Failed(f"Unable to request {step} - no build clusters are available!")
-    cluster = ctx.topology.choose(clusters)
+    cluster = pick(clusters, ctx.run_key, salt="build_cluster")
     token = cluster.get("etcd_token")
     exchange_id = override if override is not None else cluster.get("messaging_exchange_id")
     try:
@@ -246,7 +245,9 @@ def build_registry(
 
 
 def check_milestones(milestones: Any, registry: Mapping[str, Milestone]) -> str | None:
-    """The reason a milestone list cannot run, or None when it can."""
+    """The reason a milestone list cannot run, or None when it can (no list: no steps)."""
+    if milestones is None:
+        return None
     if not isinstance(milestones, list) or not all(isinstance(m, str) for m in milestones):
         return f"Invalid milestones: expected a list of step names, got {milestones!r}"[:300]
     seen: set[str] = set()

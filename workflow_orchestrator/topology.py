@@ -8,10 +8,9 @@ of `milestones.Topology`.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from .errors import ManagerError, ManagerNotFound
@@ -57,13 +56,11 @@ class ManagerTopology:
         cluster_cache_seconds: float = 300.0,
         module_cache_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
     ) -> None:
         self.manager = manager
         self.exchange_id = exchange_id
         self._clusters = _TTLCache(cluster_cache_seconds, clock)
         self._modules = _TTLCache(module_cache_seconds, clock)
-        self._rng = rng or random.Random()
 
     def build_clusters(self) -> list[dict[str, Any]]:
         found, clusters = self._clusters.get("build")
@@ -103,9 +100,6 @@ class ManagerTopology:
         modules = self.manager.list_exchange_modules(key)
         self._modules.put(key, modules)
         return _has_type(modules, module_type)
-
-    def choose(self, options: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        return self._rng.choice(list(options))
 
     def clear(self) -> None:
         self._clusters.clear()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .choice import run_key
 from .durations import elapsed
 from .milestones import (
     Dispatched,
@@ -207,6 +208,13 @@ def classify(stored: dict[str, Any], message: dict[str, Any]) -> tuple[Outcome |
     return None, ""
 
 
+def _no_empty_step(fields: dict[str, Any]) -> dict[str, Any]:
+    """OpenAperture's own saves write `current_step: ""` for "no step yet"."""
+    if fields.get("current_step") == "":
+        return {**fields, "current_step": None}
+    return fields
+
+
 def transition(
     stored: dict[str, Any],
     message: dict[str, Any],
@@ -224,6 +232,7 @@ def transition(
     ids deterministic: the same workflow run and step always get the same id.
     `ahead_since` is when this message was first found ahead of the store.
     """
+    stored, message = _no_empty_step(stored), _no_empty_step(message)
     outcome, why = classify(stored, message)
     if outcome is Outcome.AHEAD:
         waited = (now - ahead_since).total_seconds() if ahead_since else 0.0
@@ -242,8 +251,8 @@ def transition(
     # The run's start time travels in every request and callback, so any copy of a
     # message for this run derives the same ids; a start message has none yet, and
     # its own identity (kept by redelivery) stands in.
-    run_key = workflow.get("workflow_start_time") or message_key
-    run = _Run(workflow, now, topology, config, run_key)
+    run_started = workflow.get("workflow_start_time") or message_key
+    run = _Run(workflow, now, topology, config, run_started)
     run.apply(message)
     return Decision(Outcome.APPLIED, run.summary, run.workflow, tuple(run.effects))
 
@@ -367,6 +376,7 @@ class _Run:
             exchange_id=self.config.exchange_id,
             schedule_poll_seconds=self.config.schedule_poll_seconds,
             log=self.log,
+            run_key=run_key(wf["id"], self.run_key),
         )
         result = milestone.handler(ctx, milestone)
         if isinstance(result, Passed):

@@ -50,9 +50,6 @@ class FakeTopology:
         self._maybe_refuse(f"GET /messaging/exchanges/{exchange_id}/modules")
         return module_type in self._modules.get(str(exchange_id), [])
 
-    def choose(self, options: list[dict[str, Any]]) -> dict[str, Any]:
-        return options[0]
-
 
 def stored_workflow(**changes: Any) -> dict[str, Any]:
     wf: dict[str, Any] = {
