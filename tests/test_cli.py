@@ -540,7 +540,7 @@ def test_watch_exits_0_when_the_workflow_succeeds(ran: Ran) -> None:
 def test_watch_exits_1_when_the_workflow_fails(ran: Ran) -> None:
     code, out, _ = ran.failing_watch
     assert code == 1, out
-    assert "  Workflow step failed: docker build exited with status 1" in out
+    assert "  docker build exited with status 1" in out  # the worker's reason line
     assert out.splitlines()[-1] == (
         "Reason: Milestone worker has reported a failure "
         "(worker: docker build exited with status 1)"

@@ -198,17 +198,19 @@ class BrokerPublisher:
         task_id: str,
         argsrepr: str | None = None,
         countdown: float | None = None,
+        queue_arguments: str | None = None,
     ) -> Endpoint:
         """Send ``task(payload)`` to ``queue`` on the first endpoint that confirms it.
 
         Returns that endpoint. Raises ``PublishError`` naming every endpoint tried and
-        why it failed when none confirmed.
+        why it failed when none confirmed. ``queue_arguments`` overrides the mode for
+        this queue (the orchestrator's own queue is always plain).
         """
         if argsrepr is None:  # never Celery's default: the whole payload, in Flower
             argsrepr = f"workflow={payload.get('id')} step={payload.get('current_step')}"
         message = {
             "args": [payload],
-            "queue": worker_queue(queue, self.queue_arguments),
+            "queue": worker_queue(queue, queue_arguments or self.queue_arguments),
             "task_id": task_id,
             "argsrepr": argsrepr,
             "countdown": countdown,

@@ -15,6 +15,8 @@ from typing import Any
 
 from celery import Celery
 
+from .broker_pool import BrokerPublisher
+from .brokers import BrokerResolver
 from .locking import WorkflowLocks, locks_from_settings
 from .manager import ManagerClient
 from .milestones import Target, Targets, build_registry
@@ -118,6 +120,18 @@ class Runtime:
 
 def build_runtime(app: Celery, settings: Settings) -> Runtime:
     manager = ManagerClient.from_settings(settings)
+    resolver = BrokerResolver(
+        manager,
+        settings.exchange_id,
+        settings.broker_id,
+        settings.celery_broker_url,
+        cache_seconds=settings.cluster_cache_seconds,
+    )
+    brokers = BrokerPublisher(
+        app,
+        queue_arguments=settings.worker_queue_arguments,
+        on_broker_failure=resolver.forget_broker,
+    )
     return Runtime(
         settings=settings,
         manager=manager,
@@ -129,9 +143,11 @@ def build_runtime(app: Celery, settings: Settings) -> Runtime:
         ),
         locks=locks_from_settings(settings),
         publisher=Publisher(
-            app,
-            (settings.hipchat_task, settings.hipchat_queue),
-            (settings.email_task, settings.email_queue),
+            resolver,
+            brokers,
+            own_queue=settings.queue_name,
+            hipchat=(settings.hipchat_task, settings.hipchat_queue),
+            email=(settings.email_task, settings.email_queue),
         ),
         config=engine_config(settings),
     )

@@ -73,6 +73,11 @@ SETTINGS_DOC: dict[str, tuple[Any, str]] = {
         "More milestones, `name=task@queue` separated by commas (dispatched to EXCHANGE_ID)",
     ),
     "LOG_FORMAT": ("text", "`text` or `json` log lines"),
+    "WORKER_QUEUE_ARGUMENTS": (
+        "none",
+        "Worker and notification queues declared `none` (as Celery does) or `openaperture` "
+        "(with OpenAperture's dead-letter arguments, for a broker shared with its modules)",
+    ),
     "MODULE_HEARTBEAT_SECONDS": (
         30.0,
         "Seconds between two registrations of this module with the Manager (its heartbeat)",
@@ -167,6 +172,7 @@ class Settings:
     extra_milestones: tuple[ExtraMilestone, ...] = ()
     log_format: str = "text"
     module_heartbeat_seconds: float = 30.0
+    worker_queue_arguments: str = "none"
 
     def __post_init__(self) -> None:
         # Derived defaults, so callers constructing Settings directly (tests) get them too.
@@ -292,6 +298,9 @@ def load_settings(config: Callable[..., Any] | None = None) -> Settings:
         log_format=read("LOG_FORMAT", _choice("LOG_FORMAT", ("text", "json"))),
         module_heartbeat_seconds=_positive(
             "MODULE_HEARTBEAT_SECONDS", read("MODULE_HEARTBEAT_SECONDS", float)
+        ),
+        worker_queue_arguments=read(
+            "WORKER_QUEUE_ARGUMENTS", _choice("WORKER_QUEUE_ARGUMENTS", ("none", "openaperture"))
         ),
     )
     if s.lock_url and not s.lock_url.startswith(("redis://", "rediss://", "unix://")):
