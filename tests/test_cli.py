@@ -463,7 +463,6 @@ def live_system(tag: str = "cli", step_seconds: tuple[float, float] = (0.3, 0.5)
         BROKER_URL,
         queues=peer_queues(settings),
         orchestration_queue=settings.queue_name,
-        orchestration_error_queue=settings.error_queue_name,
     )
     peers.conf.update(worker_send_task_events=True, task_send_sent_event=True)
     register_demo_workers(peers, settings, Inbox(), step_seconds)
