@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token-ttl", type=float, default=3600.0, help="token lifetime, seconds")
     p.add_argument("--broker-url", default=None, help="AMQP URL used by /workflows/{id}/execute")
     p.add_argument("--queue-name", default="workflow_orchestration")
-    p.add_argument("--error-queue-name", default="")
+    p.add_argument("--error-queue-name", default="", help="ignored (kept for old callers)")
+    p.add_argument("--exchange-id", default="1", help="the Manager's own EXCHANGE_ID")
+    p.add_argument("--broker-id", default="1", help="the Manager's own BROKER_ID")
     p.add_argument("--orchestrate-task", default="workflow_orchestrator.orchestrate")
     p.add_argument("--db", default=":memory:", help="SQLite file (default: in memory)")
     p.add_argument("--seed", default=None, help="JSON file with exchanges, clusters, modules...")
@@ -57,12 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         queue_name=args.queue_name,
         error_queue_name=args.error_queue_name,
         db_path=args.db,
+        exchange_id=args.exchange_id,
+        broker_id=args.broker_id,
     )
     if args.seed:
         try:
             with open(args.seed, encoding="utf-8") as fh:
                 emulator.seed(json.load(fh))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, LookupError) as exc:
             print(f"cannot load seed {args.seed}: {exc}", file=sys.stderr)
             return 2
     stopping = threading.Event()
