@@ -40,6 +40,21 @@ DETAIL_MAX = 200
 #: Connections kept per host: enough for a threads-pool worker of ~16 threads.
 POOL_SIZE = 32
 
+#: The Manager stores a module's `workload` as JSON text in a 255-character column and
+#: answers 500 past it (after deleting the old record: the module would vanish).
+WORKLOAD_MAX_CHARS = 255
+
+
+def fit_workload(items: list[Any]) -> list[Any]:
+    """The longest prefix of `items` whose JSON fits the Manager's workload column."""
+    kept: list[Any] = []
+    for item in items:
+        if len(json.dumps([*kept, item])) > WORKLOAD_MAX_CHARS:
+            break
+        kept.append(item)
+    return kept
+
+
 _TRANSPORT_ERRORS = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,

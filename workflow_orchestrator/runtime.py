@@ -18,7 +18,7 @@ from celery import Celery
 from .broker_pool import BrokerPublisher
 from .brokers import BrokerResolver
 from .locking import WorkflowLocks, locks_from_settings
-from .manager import ManagerClient
+from .manager import ManagerClient, fit_workload
 from .milestones import Target, Targets, build_registry
 from .publisher import Publisher
 from .settings import Settings
@@ -88,7 +88,7 @@ def module_record(settings: Settings, status: str, workload: list[str]) -> dict[
         "hostname": settings.hostname,
         "type": "workflow_orchestrator",
         "status": status,
-        "workload": workload,
+        "workload": fit_workload(workload),
     }
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from celery import Celery, bootsteps
 from kombu import Queue
 
-from .manager import ManagerClient
+from .manager import ManagerClient, fit_workload
 from .notifications import chat_note, room_names
 from .publisher import PUBLISH_RETRY_POLICY, describe
 from .queues import plain_queue
@@ -263,7 +263,7 @@ class ModuleRegistration:
         )
 
     def record(self, status: str) -> dict[str, Any]:
-        workload = self.workload() if status == "active" else []
+        workload = fit_workload(list(self.workload())) if status == "active" else []
         return {
             "hostname": self.hostname,
             "type": self.module_type,
