@@ -20,7 +20,7 @@ import pytest
 import requests
 from kombu import Connection
 
-from tests.conftest import BROKER_URL, CLIENT_ID, CLIENT_SECRET
+from tests.conftest import CLIENT_ID, CLIENT_SECRET
 from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.queues import orchestration_queue
 
@@ -423,19 +423,19 @@ def test_keep_alive_is_fast(manager_emulator: ManagerEmulator, http: requests.Se
 
 
 @pytest.fixture
-def broker_queue() -> Iterator[str]:
+def broker_queue(broker_url: str) -> Iterator[str]:
     """A unique orchestration queue name; the queue and its exchange are deleted afterwards."""
     name = f"wo_test_{uuid.uuid4().hex}"
     yield name
-    with Connection(BROKER_URL, connect_timeout=4) as conn:
+    with Connection(broker_url, connect_timeout=4) as conn:
         channel = conn.channel()
         channel.queue_delete(name)
         channel.exchange_delete(name)
         channel.close()
 
 
-def _get_message(name: str, timeout: float = 5.0) -> Any:
-    with Connection(BROKER_URL, connect_timeout=4) as conn:
+def _get_message(broker_url: str, name: str, timeout: float = 5.0) -> Any:
+    with Connection(broker_url, connect_timeout=4) as conn:
         queue = orchestration_queue(name)(conn.default_channel)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -447,8 +447,8 @@ def _get_message(name: str, timeout: float = 5.0) -> Any:
     raise AssertionError(f"no message on {name}")
 
 
-def test_execute_publishes_a_celery_message(broker_queue: str) -> None:
-    with ManagerEmulator(broker_url=BROKER_URL, queue_name=broker_queue) as em:
+def test_execute_publishes_a_celery_message(broker_url: str, broker_queue: str) -> None:
+    with ManagerEmulator(broker_url=broker_url, queue_name=broker_queue) as em:
         wid = em.add_workflow({"milestones": ["build"]})
         headers = {"Authorization": f"Bearer {em.issue_token()}"}
         answer = requests.post(
@@ -466,7 +466,7 @@ def test_execute_publishes_a_celery_message(broker_queue: str) -> None:
             "deploy_messaging_exchange_id": "2",
         }
 
-        message = _get_message(broker_queue)
+        message = _get_message(broker_url, broker_queue)
         assert message.headers["task"] == "workflow_orchestrator.orchestrate"
         assert message.headers["id"] == task_id
         assert message.content_type == "application/json"
@@ -487,7 +487,7 @@ def test_execute_publishes_a_celery_message(broker_queue: str) -> None:
         other = em.add_workflow({})
         again = requests.post(url(em, f"/workflows/{other}/execute"), headers=headers, timeout=10)
         assert again.status_code == 202
-        (payload,), _, _ = json.loads(_get_message(broker_queue).body)
+        (payload,), _, _ = json.loads(_get_message(broker_url, broker_queue).body)
         assert payload == {
             "id": other,
             "workflow_id": other,
