@@ -466,7 +466,6 @@ def live_system(
         broker_url,
         queues=peer_queues(settings),
         orchestration_queue=settings.queue_name,
-        orchestration_error_queue=settings.error_queue_name,
     )
     peers.conf.update(worker_send_task_events=True, task_send_sent_event=True)
     register_demo_workers(peers, settings, Inbox(), step_seconds)

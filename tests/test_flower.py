@@ -122,7 +122,6 @@ def test_flower_lists_our_tasks_by_name_and_identifiers_only(
         "flower-test-caller",
         live.settings.celery_broker_url,
         orchestration_queue=live.settings.queue_name,
-        orchestration_error_queue=live.settings.error_queue_name,
     )
     ids = {
         live.new_workflow("Org/web_docker", ["build", "deploy"]): "succeeded",

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import CLIENT_ID, CLIENT_SECRET
 from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.errors import (
+    CredentialsRejected,
     ManagerError,
     ManagerNotFound,
     ManagerPermanentError,
@@ -257,14 +258,16 @@ def test_token_bodies(manager_emulator: ManagerEmulator, body: str) -> None:
 
 
 @pytest.mark.parametrize("body", ["json", "form"])
-def test_wrong_secret_is_permanent_and_not_shown(
+def test_wrong_secret_names_the_settings_is_kept_and_not_shown(
     manager_emulator: ManagerEmulator, body: str
 ) -> None:
     with make_client(manager_emulator, body=body, secret="wrong-secret-123") as client:
-        with pytest.raises(ManagerPermanentError) as info:
+        with pytest.raises(CredentialsRejected) as info:
             client.get_workflow("x")
     assert info.value.status == 401
     assert info.value.call == f"POST {manager_emulator.token_url}"
+    assert "OAUTH_CLIENT_ID" in str(info.value) and "OAUTH_CLIENT_SECRET" in str(info.value)
+    assert isinstance(info.value, ManagerTransientError)  # messages wait, never dead-lettered
     assert "wrong-secret-123" not in str(info.value)
     assert manager_emulator.counters().get("GET /workflows/{id}") is None
 
@@ -296,11 +299,11 @@ def test_401_fetches_a_new_token_and_retries_once(
     assert counters["GET /workflows/{id}"] == 3  # ok, 401, retried ok
 
 
-def test_persistent_401_is_permanent_after_one_retry(
+def test_persistent_401_is_a_credentials_problem_after_one_retry(
     manager_emulator: ManagerEmulator, manager_client: ManagerClient
 ) -> None:
     manager_emulator.fail_for(5, status=401)
-    with pytest.raises(ManagerPermanentError) as info:
+    with pytest.raises(CredentialsRejected) as info:
         manager_client.get_workflow("x")
     assert info.value.status == 401
     counters = manager_emulator.counters()
@@ -507,7 +510,7 @@ def test_headers_and_no_token_in_error_details(echo_server: str) -> None:
 
 def test_token_endpoint_echo_never_shows_the_secret(echo_server: str) -> None:
     tokens = TokenSource(f"{echo_server}/echo", CLIENT_ID, CLIENT_SECRET)
-    with pytest.raises(ManagerPermanentError) as info:
+    with pytest.raises(CredentialsRejected) as info:
         tokens.token()
     assert info.value.status == 400
     assert CLIENT_SECRET not in str(info.value)

@@ -828,7 +828,7 @@ class ManagerEmulator:
                     accept_content=["json"],
                     result_serializer="json",
                     result_backend=None,
-                    task_queues=[orchestration_queue(self.queue_name, self.error_queue_name)],
+                    task_queues=[orchestration_queue(self.queue_name)],
                     task_default_queue=self.queue_name,
                     broker_transport_options={"confirm_publish": True},
                     broker_connection_timeout=4.0,
