@@ -61,14 +61,14 @@ def broker_url(broker_vhost: Vhost) -> str:
 
 
 @pytest.fixture
-def extra_vhost(rabbit_vhosts: RabbitVhosts) -> Iterator[Callable[[str], Vhost]]:
+def extra_vhost(rabbit_vhosts: RabbitVhosts) -> Iterator[Callable[..., Vhost]]:
     """Make more virtual hosts, each with a user and password of its own, standing in for
     other brokers; they are deleted after the test."""
     made: list[Vhost] = []
 
-    def make(label: str = "extra") -> Vhost:
+    def make(label: str = "extra", password: str | None = None) -> Vhost:
         try:
-            vhost = rabbit_vhosts.create(label)
+            vhost = rabbit_vhosts.create(label, password)
         except ServiceError as exc:
             pytest.fail(f"could not make a RabbitMQ virtual host for the test: {exc}")
         made.append(vhost)

@@ -125,11 +125,13 @@ class RabbitVhosts:
         self.port = port
         self.made: list[Vhost] = []
 
-    def create(self, label: str = "") -> Vhost:
+    def create(self, label: str = "", password: str | None = None) -> Vhost:
         """A new virtual host `wo-test-[label-]<random>`, its user of the same name with
-        a random password, full permissions on it only; checked by connecting to it."""
+        `password` (default: a random one), full permissions on it only; checked by
+        connecting to it."""
         name = f"wo-test-{label + '-' if label else ''}{token()}"
-        vhost = Vhost(name, name, f"wo-pw-{secrets.token_hex(12)}", self.host, self.port)
+        password = password or f"wo-pw-{secrets.token_hex(12)}"
+        vhost = Vhost(name, name, password, self.host, self.port)
         rabbitmqctl("add_vhost", name)
         self.made.append(vhost)  # from here on, remove() undoes whatever was made
         rabbitmqctl("add_user", vhost.user, stdin=vhost.password)

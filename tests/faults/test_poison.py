@@ -320,7 +320,7 @@ def test_malformed_envelopes_never_stop_the_worker(build_system) -> None:
         sent.extend(envelopes)
 
     corpus()
-    with Connection(BROKER_URL) as conn:
+    with Connection(system.settings.celery_broker_url) as conn:
         producer = Producer(
             conn.default_channel, exchange=Exchange(system.settings.queue_name, "direct")
         )

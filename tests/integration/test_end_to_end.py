@@ -352,7 +352,9 @@ def test_a_vanilla_celery_caller_starts_a_workflow(system: System) -> None:
     """Celery's defaults, a broker URL and nothing of ours: one plain send_task."""
     from celery import Celery
 
-    caller = Celery("vanilla-caller", broker=BROKER_URL, set_as_current=False)
+    caller = Celery(
+        "vanilla-caller", broker=system.settings.celery_broker_url, set_as_current=False
+    )
     workflow_id = system.new_workflow(["build", "deploy"])
     caller.send_task(
         system.settings.orchestrate_task,
