@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import shutil
 import socket
 import subprocess
 import threading
@@ -27,16 +26,13 @@ import pytest
 from celery import Celery
 from kombu import Connection, Exchange, Queue
 
+from tests.services import RabbitVhosts, Vhost
 from tests.support import in_process_worker, wait_for
 from workflow_orchestrator.broker_pool import BrokerPublisher
 from workflow_orchestrator.brokers import BrokerResolver, Endpoint, Route, connection_endpoint
 from workflow_orchestrator.choice import run_key
 from workflow_orchestrator.errors import ManagerNotFound, PublishError
 from workflow_orchestrator.queues import worker_queue
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("rabbitmqctl") is None, reason="rabbitmqctl is not installed"
-)
 
 SUFFIX = uuid.uuid4().hex[:8]
 OWN_EXCHANGE, OWN_BROKER = "1", "1"
@@ -126,31 +122,17 @@ class Brokers:
 
 
 @pytest.fixture(scope="module")
-def brokers() -> Iterator[Brokers]:
-    made: list[Broker] = []
+def brokers(rabbit_vhosts: RabbitVhosts) -> Iterator[Brokers]:
+    made: list[Vhost] = []
     try:
         for name in ("own", "east", "west"):
             # A password with characters that must be URL-quoted, and that is unique.
-            broker = Broker(
-                f"wo_test_{SUFFIX}_{name}",
-                f"wo_test_{SUFFIX}_{name}",
-                f"pw/{secrets.token_hex(12)}@x",
-            )
-            rabbitmqctl("add_vhost", broker.vhost)
-            made.append(broker)
-            rabbitmqctl("add_user", broker.user, broker.password)
-            rabbitmqctl("set_permissions", "-p", broker.vhost, broker.user, ".*", ".*", ".*")
-        yield Brokers(*made)
+            vhost = rabbit_vhosts.create(name, password=f"pw/{secrets.token_hex(12)}@x")
+            made.append(vhost)
+        yield Brokers(*(Broker(v.name, v.user, v.password) for v in made))
     finally:
-        for broker in made:
-            subprocess.run(
-                ["rabbitmqctl", "-q", "delete_vhost", broker.vhost],
-                capture_output=True,
-                timeout=120,
-            )
-            subprocess.run(
-                ["rabbitmqctl", "-q", "delete_user", broker.user], capture_output=True, timeout=120
-            )
+        for vhost in made:
+            rabbit_vhosts.remove(vhost)
 
 
 class Registry:

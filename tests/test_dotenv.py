@@ -4,15 +4,15 @@ workers (a worker started the documented way, in that directory)."""
 
 from __future__ import annotations
 
-import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from celery import Celery
 from kombu import Connection
 
+from tests.services import Vhost
 from tests.support import OrchestratorProcess, wait_for
 from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.queues import plain_queue
@@ -22,22 +22,10 @@ SECRET = f"secret-{uuid.uuid4().hex}"
 
 
 @pytest.fixture
-def vhost_url() -> Iterator[str]:
-    """A broker of the test's own: a virtual host with a user and password of its own."""
-    name = f"wo-dotenv-{uuid.uuid4().hex[:8]}"
-    password = uuid.uuid4().hex
-
-    def ctl(*args: str) -> None:
-        subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
-
-    ctl("add_vhost", name)
-    ctl("add_user", name, password)
-    ctl("set_permissions", "-p", name, name, ".*", ".*", ".*")
-    try:
-        yield f"amqp://{name}:{password}@127.0.0.1:5672/{name}"
-    finally:
-        ctl("delete_vhost", name)
-        ctl("delete_user", name)
+def vhost_url(extra_vhost: Callable[..., Vhost]) -> str:
+    """A broker of the test's own: a virtual host with a user and password of its own
+    (removed after the test)."""
+    return extra_vhost("dotenv").url
 
 
 def test_a_dotenv_decides_queue_task_and_broker(tmp_path: Path, vhost_url: str) -> None:

@@ -19,7 +19,6 @@ import pytest
 import requests
 from kombu import Connection
 
-from tests.conftest import BROKER_URL
 from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.queues import orchestration_queue
 
@@ -413,19 +412,19 @@ def test_seeding_refuses_what_the_real_table_cannot_hold(manager_emulator: Manag
 
 
 @pytest.fixture
-def broker_queue() -> Iterator[str]:
+def broker_queue(broker_url: str) -> Iterator[str]:
     """A unique orchestration queue name; the queue and its exchange are deleted afterwards."""
     name = f"wo_test_{uuid.uuid4().hex}"
     yield name
-    with Connection(BROKER_URL, connect_timeout=4) as conn:
+    with Connection(broker_url, connect_timeout=4) as conn:
         channel = conn.channel()
         channel.queue_delete(name)
         channel.exchange_delete(name)
         channel.close()
 
 
-def _get_message(name: str, timeout: float = 5.0) -> Any:
-    with Connection(BROKER_URL, connect_timeout=4) as conn:
+def _get_message(broker_url: str, name: str, timeout: float = 5.0) -> Any:
+    with Connection(broker_url, connect_timeout=4) as conn:
         queue = orchestration_queue(name)(conn.default_channel)
         # Declared as the orchestrator declares it: RabbitMQ accepts it only if the
         # emulator declared the queue with the same function (same arguments).
@@ -447,10 +446,11 @@ def _execute(em: ManagerEmulator, wid: str, body: Any = None) -> requests.Respon
 
 
 def test_execute_publishes_the_whole_workflow_and_the_managers_routing_ids(
+    broker_url: str,
     broker_queue: str,
 ) -> None:
     with ManagerEmulator(
-        broker_url=BROKER_URL, queue_name=broker_queue, exchange_id="9", broker_id="4"
+        broker_url=broker_url, queue_name=broker_queue, exchange_id="9", broker_id="4"
     ) as em:
         wid = em.add_workflow(
             {
@@ -478,7 +478,7 @@ def test_execute_publishes_the_whole_workflow_and_the_managers_routing_ids(
         assert answer.status_code == 202 and answer.content == b""
         assert answer.headers["Location"] == f"/workflows/{wid}"
 
-        message = _get_message(broker_queue)
+        message = _get_message(broker_url, broker_queue)
         assert message.headers["task"] == "workflow_orchestrator.orchestrate"
         assert message.content_type == "application/json"
         (payload,), kwargs, _embed = json.loads(message.body)
@@ -530,24 +530,24 @@ def test_execute_publishes_the_whole_workflow_and_the_managers_routing_ids(
     [("12", 12), ("-3", -3), ("+4", 4), (5.9, 5), ("east", None), (True, None), ("", None)],
 )
 def test_execute_turns_exchange_overrides_into_integers(
-    broker_queue: str, sent: Any, published: Any
+    broker_url: str, broker_queue: str, sent: Any, published: Any
 ) -> None:
-    with ManagerEmulator(broker_url=BROKER_URL, queue_name=broker_queue) as em:
+    with ManagerEmulator(broker_url=broker_url, queue_name=broker_queue) as em:
         wid = em.add_workflow({})
         assert _execute(em, wid, {"deploy_messaging_exchange_id": sent}).status_code == 202
-        (payload,), _, _ = json.loads(_get_message(broker_queue).body)
+        (payload,), _, _ = json.loads(_get_message(broker_url, broker_queue).body)
         assert payload["deploy_messaging_exchange_id"] == published
         assert payload["execute_options"]["deploy_messaging_exchange_id"] == published
         assert payload["build_messaging_exchange_id"] is None
         assert payload["force_build"] is None
 
 
-def test_stored_execute_options_win_over_the_request(broker_queue: str) -> None:
-    with ManagerEmulator(broker_url=BROKER_URL, queue_name=broker_queue) as em:
+def test_stored_execute_options_win_over_the_request(broker_url: str, broker_queue: str) -> None:
+    with ManagerEmulator(broker_url=broker_url, queue_name=broker_queue) as em:
         stored = {"force_build": False, "deploy_messaging_exchange_id": 3}
         wid = em.add_workflow({"execute_options": stored})
         assert _execute(em, wid, {"force_build": True, "deploy_messaging_exchange_id": 8}).ok
-        (payload,), _, _ = json.loads(_get_message(broker_queue).body)
+        (payload,), _, _ = json.loads(_get_message(broker_url, broker_queue).body)
         assert payload["force_build"] is False
         assert payload["deploy_messaging_exchange_id"] == 3
         assert payload["build_messaging_exchange_id"] is None

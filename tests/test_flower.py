@@ -96,8 +96,8 @@ class Flower:
 
 
 @pytest.fixture(scope="module")
-def system() -> Iterator[tuple[Live, Flower]]:
-    with live_system("flower", (0.1, 0.2)) as live:
+def system(broker_url: str) -> Iterator[tuple[Live, Flower]]:
+    with live_system(broker_url, "flower", (0.1, 0.2)) as live:
         flower = Flower(live)
         try:
             deadline = time.monotonic() + 20

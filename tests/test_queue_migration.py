@@ -6,12 +6,11 @@ import uuid
 
 from kombu import Connection, Exchange, Producer, Queue
 
-from tests.conftest import BROKER_URL
 from workflow_orchestrator.queue_migration import migrate_orchestration_queue
 from workflow_orchestrator.queues import orchestration_queue
 
 
-def test_old_queue_becomes_plain_with_every_message_kept() -> None:
+def test_old_queue_becomes_plain_with_every_message_kept(broker_url: str) -> None:
     name = f"wo_migrate_{uuid.uuid4().hex[:8]}"
     old = Queue(
         name,
@@ -24,7 +23,7 @@ def test_old_queue_becomes_plain_with_every_message_kept() -> None:
         },
     )
     bodies = [f'[[{{"id": "{i}"}}], {{}}, {{}}]'.encode() for i in range(5)]
-    with Connection(BROKER_URL) as conn:
+    with Connection(broker_url) as conn:
         channel = conn.channel()
         try:
             old(channel).declare()
@@ -38,7 +37,7 @@ def test_old_queue_becomes_plain_with_every_message_kept() -> None:
                     content_type="application/json",
                     content_encoding="utf-8",
                 )
-            done = migrate_orchestration_queue(BROKER_URL, name)
+            done = migrate_orchestration_queue(broker_url, name)
             assert (done.moved, done.already_plain) == (5, False)
             fresh = conn.channel()
             orchestration_queue(name)(fresh).declare()  # the plain declaration is accepted
@@ -48,7 +47,7 @@ def test_old_queue_becomes_plain_with_every_message_kept() -> None:
                 got.append(message)
             assert [m.body.encode() for m in got] == bodies  # every message, in order
             assert [m.headers["id"] for m in got] == [f"task-{i}" for i in range(5)]
-            again = migrate_orchestration_queue(BROKER_URL, name)
+            again = migrate_orchestration_queue(broker_url, name)
             assert again.already_plain and again.moved == 0
             check = conn.channel()
             try:

@@ -10,7 +10,6 @@ from dataclasses import replace
 import pytest
 from kombu import Connection, Queue
 
-from tests.conftest import BROKER_URL
 from tests.support import OrchestratorProcess, delete_test_queues, system_settings, wait_for
 from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.settings import Settings
@@ -27,16 +26,16 @@ def emulator() -> Iterator[ManagerEmulator]:
 
 
 @pytest.fixture
-def settings(emulator: ManagerEmulator) -> Iterator[Settings]:
+def settings(emulator: ManagerEmulator, broker_url: str) -> Iterator[Settings]:
     made = system_settings(
         emulator,
         secret=SECRET,
         prefix=f"wo_start_{uuid.uuid4().hex[:8]}",
-        broker_url=BROKER_URL,
+        broker_url=broker_url,
         hostname=f"orchestrator-{uuid.uuid4().hex[:8]}",
     )
     yield made
-    delete_test_queues(BROKER_URL, made)
+    delete_test_queues(broker_url, made)
 
 
 def exited(process: OrchestratorProcess) -> int:
@@ -73,7 +72,7 @@ def test_orchestration_queue_with_old_arguments_refuses_to_start(settings: Setti
             "x-dead-letter-routing-key": settings.error_queue_name,
         },
     )
-    with Connection(BROKER_URL) as conn:
+    with Connection(settings.celery_broker_url) as conn:
         old(conn.default_channel).declare()
     process = OrchestratorProcess(settings.to_env()).start()
     try:

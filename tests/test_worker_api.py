@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,8 +41,6 @@ from workflow_orchestrator.worker_api import (
     worker_app,
 )
 
-BROKER_URL = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
 #: The contract's example payloads, copied into the repo.
 EXAMPLE_DIRS = [Path(__file__).resolve().parents[1] / "docs" / "examples"]
 
@@ -62,8 +60,8 @@ def unique(kind: str) -> str:
 
 
 @pytest.fixture
-def conn() -> Iterator[Connection]:
-    with Connection(BROKER_URL, connect_timeout=5) as connection:
+def conn(broker_url: str) -> Iterator[Connection]:
+    with Connection(broker_url, connect_timeout=5) as connection:
         connection.ensure_connection(max_retries=1)
         yield connection
 
@@ -99,10 +97,10 @@ def chat_queue(declare: Callable[[Queue], Queue]) -> Queue:
 
 
 @pytest.fixture
-def app() -> Iterator[Celery]:
+def app(broker_url: str) -> Iterator[Celery]:
     """A peer-worker app that does not know the test queues (the usual case)."""
     previous = current_app._get_current_object()
-    peer = worker_app("wo-test-peer", BROKER_URL)
+    peer = worker_app("wo-test-peer", broker_url)
     yield peer
     peer.close()
     previous.set_current()
@@ -180,11 +178,11 @@ def test_step_completed_without_message_sends_request_unchanged(
 
 
 def test_step_completed_falls_back_to_configured_queue_and_custom_task(
-    declare: Callable[[Queue], Queue],
+    broker_url: str, declare: Callable[[Queue], Queue]
 ) -> None:
     """No `orchestration_queue_name` in the request: the keyword's queue is used."""
     queue = declare(orchestration_queue(unique("orch")))
-    peer = worker_app("wo-test-peer", BROKER_URL, orchestration_queue=queue.name)
+    peer = worker_app("wo-test-peer", broker_url, orchestration_queue=queue.name)
     try:
         request = {"id": WID, "current_step": "deploy", "event_log": None}
         task_id = step_completed(
@@ -378,10 +376,10 @@ def test_execute_workflow_rejects_empty_id(app: Celery) -> None:
 # --- worker_app -----------------------------------------------------------------------
 
 
-def test_worker_app_settings() -> None:
-    peer = worker_app("wo-test-peer", BROKER_URL, queues=["builder", "config"])
+def test_worker_app_settings(broker_url: str) -> None:
+    peer = worker_app("wo-test-peer", broker_url, queues=["builder", "config"])
     conf = peer.conf
-    assert conf.broker_url == BROKER_URL
+    assert conf.broker_url == broker_url
     assert conf.accept_content == ["json"]
     assert conf.task_serializer == "json"
     assert conf.task_acks_late is True
@@ -405,20 +403,20 @@ def test_worker_app_settings() -> None:
     route = peer.amqp.router.route({}, ORCHESTRATE_TASK)
     assert route["queue"].name == "workflow_orchestration"
 
-    custom = worker_app("p", BROKER_URL, orchestration_queue="wo")
+    custom = worker_app("p", broker_url, orchestration_queue="wo")
     (queue,) = custom.conf.task_queues
     assert (queue.name, queue.routing_key, queue.queue_arguments) == ("wo", "wo", None)
 
 
 def test_worker_app_uses_its_broker_whatever_the_environment_says(
-    monkeypatch: pytest.MonkeyPatch,
+    broker_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CELERY_BROKER_URL", "amqp://elsewhere:5672//other")
-    peer = worker_app("wo-test-peer", BROKER_URL)
+    peer = worker_app("wo-test-peer", broker_url)
     with peer.connection_for_write() as write, peer.connection_for_read() as read:
         assert write.as_uri(include_password=True) == read.as_uri(include_password=True)
         assert "elsewhere" not in write.as_uri()
-        assert write.hostname == urlsplit(BROKER_URL).hostname
+        assert write.hostname == urlsplit(broker_url).hostname
 
 
 @pytest.fixture
@@ -452,12 +450,12 @@ def run_worker(app: Celery, **options: Any) -> Iterator[Any]:
 
 
 def test_worker_app_never_consumes_the_orchestration_queue(
-    no_orchestrator_worker_hooks: None, declare: Callable[[Queue], Queue]
+    broker_url: str, no_orchestrator_worker_hooks: None, declare: Callable[[Queue], Queue]
 ) -> None:
     """A worker started without `-Q` consumes its own queues, not the orchestrator's."""
     orch = declare(orchestration_queue(unique("orch")))
     own = unique("own")
-    peer = worker_app("wo-test-peer", BROKER_URL, queues=[own], orchestration_queue=orch.name)
+    peer = worker_app("wo-test-peer", broker_url, queues=[own], orchestration_queue=orch.name)
     declare(peer.amqp.queues[own])
     execute_workflow(peer, WID, queue=orch.name)
     try:
@@ -474,13 +472,19 @@ def test_worker_app_never_consumes_the_orchestration_queue(
 
 @pytest.fixture
 def builder(
+    broker_url: str,
     no_orchestrator_worker_hooks: None,
     declare: Callable[[Queue], Queue],
     chat_queue: Queue,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[Celery, str]]:
     """The example builder consuming a unique queue; its chat lines go to `chat_queue`."""
-    from examples import builder_worker
+    # The example takes its broker from CELERY_BROKER_URL when imported (default: vhost /
+    # of localhost): import it, or import it again, with the session's.
+    monkeypatch.setenv("CELERY_BROKER_URL", broker_url)
+    builder_worker = importlib.import_module("examples.builder_worker")
+    if builder_worker.BROKER_URL != broker_url:
+        builder_worker = importlib.reload(builder_worker)
 
     monkeypatch.setattr(builder_worker, "HIPCHAT_QUEUE", chat_queue.name)
     name = unique("builder")

@@ -15,7 +15,7 @@ from kombu import Connection, Exchange, Producer
 
 from tests.support import wait_for
 
-from .conftest import BROKER_URL, EMAIL_CONFIG, FaultSystem, report
+from .conftest import EMAIL_CONFIG, FaultSystem, report
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30)
@@ -107,7 +107,7 @@ RAW_BODIES = [
 
 
 def publish_raw(system: FaultSystem, body: bytes, with_task_header: bool) -> None:
-    with Connection(BROKER_URL) as conn:
+    with Connection(system.settings.celery_broker_url) as conn:
         producer = Producer(
             conn.default_channel, exchange=Exchange(system.settings.queue_name, "direct")
         )
@@ -320,7 +320,7 @@ def test_malformed_envelopes_never_stop_the_worker(build_system) -> None:
         sent.extend(envelopes)
 
     corpus()
-    with Connection(BROKER_URL) as conn:
+    with Connection(system.settings.celery_broker_url) as conn:
         producer = Producer(
             conn.default_channel, exchange=Exchange(system.settings.queue_name, "direct")
         )

@@ -14,7 +14,7 @@ from kombu import Connection, Exchange, Producer
 from tests.support import wait_for
 from workflow_orchestrator.transition import email_task_id
 
-from .conftest import BROKER_URL, System
+from .conftest import System
 
 EMAIL_CONFIG = {
     "hipchat": {"room_names": ["Deploys"]},
@@ -297,7 +297,7 @@ def test_poison_messages_are_dead_lettered_and_the_worker_goes_on(system: System
     system.caller.send_task(
         "workflow_orchestrator.no_such_task", args=[{}], queue=system.settings.queue_name
     )
-    with Connection(BROKER_URL) as conn:
+    with Connection(system.settings.celery_broker_url) as conn:
         producer = Producer(
             conn.default_channel, exchange=Exchange(system.settings.queue_name, "direct")
         )
@@ -352,7 +352,9 @@ def test_a_vanilla_celery_caller_starts_a_workflow(system: System) -> None:
     """Celery's defaults, a broker URL and nothing of ours: one plain send_task."""
     from celery import Celery
 
-    caller = Celery("vanilla-caller", broker=BROKER_URL, set_as_current=False)
+    caller = Celery(
+        "vanilla-caller", broker=system.settings.celery_broker_url, set_as_current=False
+    )
     workflow_id = system.new_workflow(["build", "deploy"])
     caller.send_task(
         system.settings.orchestrate_task,
