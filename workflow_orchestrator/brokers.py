@@ -290,6 +290,15 @@ class BrokerResolver:
         logger.debug("exchange %s: broker %s (%s) via %s", target, broker_id, reason, route)
         return route
 
+    def route_to_broker(self, broker_id: str | int, run_key: str) -> Route:
+        """The route to one named broker (rule 4 and its failover): how a worker reaches
+        the broker a request's routing fields name."""
+        key = str(broker_id)
+        endpoints = self._endpoints(key, run_key)
+        if not endpoints:
+            raise NoBrokerConnection(f"no connection is known for broker {key}")
+        return Route(self.exchange_id, key, "named by the request", tuple(endpoints))
+
     def forget_broker(self, broker_id: str | int) -> None:
         """Drop what is cached about a broker that failed, so the Manager is asked again."""
         key = str(broker_id)

@@ -16,12 +16,15 @@ import copy
 import logging
 import socket
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery, bootsteps
 from kombu import Queue
 
+from .broker_pool import BrokerPublisher
+from .brokers import BrokerResolver
 from .manager import ManagerClient, fit_workload
 from .notifications import chat_note, room_names
 from .publisher import PUBLISH_RETRY_POLICY, describe
@@ -81,9 +84,50 @@ def _destination(app: Celery, name: str) -> str | Queue:
     return plain_queue(name)
 
 
+#: The app attribute holding a worker's `WorkerRouting` (set by `worker_app`).
+ROUTING_ATTRIBUTE = "workflow_orchestrator_routing"
+
+
+class WorkerRouting:
+    """How a worker reaches a broker other than its own: the one a request's routing
+    fields name (the orchestrator's, for reports; the notifications', for chats),
+    resolved through the Manager as the orchestrator resolves brokers."""
+
+    def __init__(self, app: Celery, broker_id: str | int, manager: ManagerClient) -> None:
+        self.broker_id = str(broker_id)
+        self.resolver = BrokerResolver(manager, "", self.broker_id, app.conf.broker_write_url)
+        self.publisher = BrokerPublisher(app, on_broker_failure=self.resolver.forget_broker)
+
+    def elsewhere(self, broker_id: Any) -> bool:
+        return broker_id not in (None, "") and str(broker_id) != self.broker_id
+
+    def send(
+        self, broker_id: Any, task: str, queue: str, payload: dict[str, Any], argsrepr: str
+    ) -> str:
+        task_id = str(uuid.uuid4())
+        route = self.resolver.route_to_broker(broker_id, str(payload.get("id")))
+        endpoint = self.publisher.publish(
+            route, task, queue, payload, task_id=task_id, argsrepr=argsrepr
+        )
+        logger.info(
+            "sent %s to queue %s on %s (task id %s)", task, queue, endpoint.display, task_id
+        )
+        return task_id
+
+
 def _send(
-    app: Celery, task: str, queue: str | Queue, payload: dict[str, Any], argsrepr: str
+    app: Celery,
+    task: str,
+    queue: str | Queue,
+    payload: dict[str, Any],
+    argsrepr: str,
+    broker_id: Any = None,
 ) -> str:
+    """Publish on the app's broker, or on the broker `broker_id` names when it is another."""
+    routing: WorkerRouting | None = getattr(app, ROUTING_ATTRIBUTE, None)
+    if routing is not None and routing.elsewhere(broker_id):
+        name = queue.name if isinstance(queue, Queue) else queue
+        return routing.send(broker_id, task, name, payload, argsrepr)
     result = app.send_task(
         task,
         args=[payload],
@@ -113,6 +157,7 @@ def _report_back(
         _destination(app, queue),
         request,
         describe(request, event),
+        request.get("workflow_orchestration_broker_id") or request.get("orchestration_broker_id"),
     )
 
 
@@ -131,6 +176,7 @@ def _notify(
         _destination(app, hipchat_queue),
         payload,
         describe(request, "notification"),
+        request.get("notifications_broker_id"),
     )
 
 
@@ -363,8 +409,15 @@ def worker_app(
     queues: Sequence[str] = (),
     orchestration_queue: str = ORCHESTRATION_QUEUE,
     orchestrate_task: str = ORCHESTRATE_TASK,
+    broker_id: str | int | None = None,
+    manager: ManagerClient | None = None,
 ) -> Celery:
     """A Celery app for a peer worker that reports back to the orchestrator.
+
+    With `broker_id` (this worker's broker in the Manager's registry) and a `manager`
+    client, reports and chats go to the broker the request's routing fields name
+    when it is another one (`workflow_orchestration_broker_id`,
+    `notifications_broker_id`), reached as the Manager describes it.
 
     JSON only (the bus is shared), at-least-once (acks late, prefetch 1, confirmed
     publishes), its own `queues` as plain durable queues, and the orchestration queue
@@ -398,4 +451,8 @@ def worker_app(
     app = Celery(name)
     app.conf.update(settings)
     app.steps["worker"].add(_SkipPublishOnlyQueues)
+    if (broker_id is None) != (manager is None):
+        raise ValueError("broker_id and manager go together")
+    if broker_id is not None and manager is not None:
+        setattr(app, ROUTING_ATTRIBUTE, WorkerRouting(app, broker_id, manager))
     return app
