@@ -35,7 +35,9 @@ HIPCHAT_QUEUE = os.environ.get("HIPCHAT_QUEUE", "notifications_hipchat")
 app = worker_app("example-builder", BROKER_URL, queues=["builder"])
 
 
-@app.task(name="builder.build")
+# shared=False: importing this module must not add `builder.build` to other Celery apps
+# of the importing process (Celery's default would, and their own task would lose).
+@app.task(name="builder.build", shared=False)
 def build(request: dict[str, Any]) -> str:
     """Build the request's repository, then report the outcome to the orchestrator."""
     repo = request.get("deployment_repo") or ""
