@@ -1,4 +1,4 @@
-"""Celery settings of the orchestrator worker (DESIGN.md "Celery settings that matter").
+"""Celery settings of the orchestrator worker (docs/design.md "Celery settings that matter").
 
 Loaded by `workflow_orchestrator.celery_app`. Only what Celery needs to connect and
 route is read here; the orchestrator's own settings are validated at worker start.
@@ -58,7 +58,7 @@ worker_send_task_events = True
 task_send_sent_event = False
 task_track_started = True
 
-# Undecodable bodies are dead-lettered, not acked and dropped (CONTRACT.md 9).
+# Undecodable bodies are dead-lettered, not acked and dropped (docs/behaviour.md §9).
 worker_consumer = "workflow_orchestrator.consumer:DeadLetteringConsumer"
 worker_hijack_root_logger = True
 worker_redirect_stdouts = False
