@@ -4,7 +4,8 @@ shipped examples doing what the README promises.
 Every process here is real: the emulator serving `examples/manager-seed.json` over
 HTTP, `create-workflow` posting to it with a token, and (last test) the orchestrator,
 the example builder and the example deployer as `celery worker` processes on RabbitMQ,
-driven by `workflow-orchestrator execute` and `watch`. Queue names are unique to the
+with the example notifications worker, driven by `workflow-orchestrator execute` and
+`watch`. Queue names are unique to the
 run and deleted afterwards.
 """
 
@@ -215,12 +216,16 @@ def test_the_example_builder_and_deployer_run_a_build_and_deploy_workflow(
         "DEPLOYER_QUEUE": settings.deployer_queue,
         "DEPLOY_OA_QUEUE": settings.deploy_oa_queue,
         "HIPCHAT_QUEUE": settings.hipchat_queue,
+        "EMAIL_QUEUE": settings.email_queue,
     }  # no ETCD_TOKEN: the builder's default must match the example seed
     processes = [
         OrchestratorProcess(env, name="examples-orchestrator"),
         ExampleWorker("builder_worker", peers_env, [settings.builder_queue]),
         ExampleWorker(
             "deployer_worker", peers_env, [settings.deployer_queue, settings.deploy_oa_queue]
+        ),
+        ExampleWorker(
+            "notifications_worker", peers_env, [settings.hipchat_queue, settings.email_queue]
         ),
     ]
     cli_env = clean_env(**env)
@@ -265,6 +270,13 @@ def test_the_example_builder_and_deployer_run_a_build_and_deploy_workflow(
             "example-deploy-cluster..." in events
         )
         assert "completed the deploy of acme/web_docker to example-deploy-cluster" in events
+        notifier = processes[-1]
+        wait_for(
+            lambda: f"e-mail to dev@example.com: SUCCEEDED [OA][{workflow_id}]" in notifier.log(),
+            30,
+            "the completion e-mail at the example notifications worker",
+        )
+        assert "Workflow completed in " in notifier.log()  # the chat lines too
     finally:
         for process in processes:
             process.stop()
