@@ -1,32 +1,20 @@
-"""Celery settings of the orchestrator worker (docs/design.md "Celery settings that matter").
+"""Celery settings of the orchestrator worker that do not depend on its Settings.
 
-Loaded by `workflow_orchestrator.celery_app`. Only what Celery needs to connect and
-route is read here; the orchestrator's own settings are validated at worker start.
+`workflow_orchestrator.factory.create_app` loads this module, then adds what the
+Settings decide (broker, queues, routes, task name). Nothing here reads the
+environment: settings are read once, by `workflow_orchestrator.settings`.
 """
 
 from celery.app.defaults import NAMESPACES as _DEFAULTS
-from decouple import config
 
-from workflow_orchestrator.queues import orchestration_queue
-
-broker_url = config("CELERY_BROKER_URL", default="amqp://guest:guest@localhost:5672//")
-
-_queue = config("QUEUE_NAME", default="workflow_orchestration")
-_error_queue = config("ERROR_QUEUE_NAME", default="") or f"{_queue}_error"
-_orchestrate = config("ORCHESTRATE_TASK", default="workflow_orchestrator.orchestrate")
-
-# Only the orchestration queue is consumed; the error queue is declared by a consumer
-# step (celery_app.DeclareErrorQueue) so a plain `celery worker` never eats it.
-task_queues = (orchestration_queue(_queue, _error_queue),)
-task_default_queue = _queue
-task_routes = {_orchestrate: {"queue": _queue}}
 task_create_missing_queues = True
 
 # At least once: ack after the transition, redeliver if the worker dies mid-task.
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-# A failure that escapes the task is rejected (dead-lettered), never acked and lost.
+# A failure that escapes the task is dead-lettered (consumer.OrchestrationRequest),
+# never acked and lost.
 if "acks_on_failure" in _DEFAULTS["task"]:  # Celery 5.7 split the setting in two
     task_acks_on_failure = False
     task_acks_on_timeout = False
@@ -58,7 +46,5 @@ worker_send_task_events = True
 task_send_sent_event = False
 task_track_started = True
 
-# Undecodable bodies are dead-lettered, not acked and dropped (docs/behaviour.md §9).
-worker_consumer = "workflow_orchestrator.consumer:DeadLetteringConsumer"
 worker_hijack_root_logger = True
 worker_redirect_stdouts = False

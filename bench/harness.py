@@ -462,7 +462,9 @@ class System:
     # -- set-up -------------------------------------------------------------------------
 
     def add_phase(self, name: str, workflows: int, window: int, baseline: bool = False) -> None:
-        ids = [f"bench-{self.names.suffix}-{name}-{i:05d}" for i in range(workflows)]
+        # Workflow ids are UUIDs, as the Manager's are (it refuses anything else).
+        space = uuid.uuid5(uuid.NAMESPACE_URL, f"bench/{self.names.suffix}/{name}")
+        ids = [str(uuid.uuid5(space, str(i))) for i in range(workflows)]
         queue = self.names.baseline if baseline else self.names.orchestration
         self.phases[name] = PhaseSpec(name, queue, ids, min(window, workflows))
 

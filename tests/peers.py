@@ -1,7 +1,7 @@
 """Peer workers for system tests, run as their own process:
 
     PEERS_RECORD=/tmp/rec.jsonl PEERS_QUEUES=builder,deployer,... \
-        celery -A tests.peers worker -P threads -c 8
+        CELERY_BROKER_URL=amqp://... celery -A tests.peers worker -P threads -c 8
 
 They behave like OpenAperture's builder, deployer and notification workers: a build or
 deploy request is answered at once with `step_completed` (or `step_failed` when the
@@ -19,7 +19,11 @@ from typing import Any
 
 from workflow_orchestrator.worker_api import step_completed, step_failed, worker_app
 
-BROKER_URL = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+#: Always the test's own broker URL, given by the test: no default, so the peers can never
+#: fall back to the machine's shared vhost `/`.
+BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
+if not BROKER_URL:
+    raise RuntimeError("tests.peers needs CELERY_BROKER_URL (the test's own virtual host)")
 RECORD = os.environ.get("PEERS_RECORD", "/tmp/peers-record.jsonl")
 DUPLICATE = os.environ.get("PEERS_DUPLICATE") == "1"
 Q = {

@@ -45,8 +45,12 @@ class WorkerProcess:
         name: str = "worker",
         log_level: str = "INFO",
         queues: list[str] | None = None,
+        cwd: Path = REPO,
+        unset: tuple[str, ...] = (),
     ) -> None:
         self.env = env
+        self.cwd = cwd
+        self.unset = unset
         self.pool = pool
         self.concurrency = concurrency
         self.name = name
@@ -82,10 +86,12 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self.starts += 1
         env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
+        for name in self.unset:  # settings the worker must find elsewhere (a .env)
+            env.pop(name, None)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
-                cwd=REPO,
+                cwd=self.cwd,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -29,6 +29,7 @@ import pytest
 from click.testing import CliRunner
 from kombu import Connection
 
+from tests.services import Vhost
 from tests.support import (
     REPO,
     OrchestratorProcess,
@@ -52,7 +53,6 @@ from workflow_orchestrator.errors import ManagerNotFound, ManagerTransientError
 from workflow_orchestrator.settings import Settings
 from workflow_orchestrator.worker_api import worker_app
 
-BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 SUFFIX = uuid.uuid4().hex[:8]
 SECRET = f"cli-secret-{uuid.uuid4().hex}"
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -436,13 +436,16 @@ class Live:
 
 
 @contextmanager
-def live_system(tag: str = "cli", step_seconds: tuple[float, float] = (0.3, 0.5)) -> Iterator[Live]:
-    """Emulator + orchestrator process + demo peers in this process, on unique queues.
+def live_system(
+    broker_url: str, tag: str = "cli", step_seconds: tuple[float, float] = (0.3, 0.5)
+) -> Iterator[Live]:
+    """Emulator + orchestrator process + demo peers in this process, on unique queues of
+    the test's own virtual host `broker_url`.
 
     The peers send task events (as the orchestrator does) so Flower sees them finish.
     """
 
-    with Connection(BROKER_URL, connect_timeout=3) as conn:
+    with Connection(broker_url, connect_timeout=3) as conn:
         conn.ensure_connection(max_retries=1)
     emulator = ManagerEmulator(client_id="orchestrator", client_secret=SECRET).start()
     emulator.add_exchange("1", name="cli-test")
@@ -454,16 +457,15 @@ def live_system(tag: str = "cli", step_seconds: tuple[float, float] = (0.3, 0.5)
         emulator,
         secret=SECRET,
         prefix=f"wo_{tag}_{SUFFIX}",
-        broker_url=BROKER_URL,
+        broker_url=broker_url,
         hostname=f"{tag}-orchestrator-{SUFFIX}",
     )
     orchestrator = OrchestratorProcess(settings.to_env(), name=f"{tag}-orchestrator").start()
     peers = worker_app(
         "cli-test-peers",
-        BROKER_URL,
+        broker_url,
         queues=peer_queues(settings),
         orchestration_queue=settings.queue_name,
-        orchestration_error_queue=settings.error_queue_name,
     )
     peers.conf.update(worker_send_task_events=True, task_send_sent_event=True)
     register_demo_workers(peers, settings, Inbox(), step_seconds)
@@ -474,12 +476,12 @@ def live_system(tag: str = "cli", step_seconds: tuple[float, float] = (0.3, 0.5)
     finally:
         orchestrator.stop()
         emulator.stop()
-        delete_test_queues(BROKER_URL, settings)
+        delete_test_queues(broker_url, settings)
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[Live]:
-    with live_system() as system:
+def live(broker_url: str) -> Iterator[Live]:
+    with live_system(broker_url) as system:
         yield system
 
 
@@ -541,7 +543,7 @@ def test_watch_exits_0_when_the_workflow_succeeds(ran: Ran) -> None:
 def test_watch_exits_1_when_the_workflow_fails(ran: Ran) -> None:
     code, out, _ = ran.failing_watch
     assert code == 1, out
-    assert "  Workflow step failed: docker build exited with status 1" in out
+    assert "  docker build exited with status 1" in out  # the worker's reason line
     assert out.splitlines()[-1] == (
         "Reason: Milestone worker has reported a failure "
         "(worker: docker build exited with status 1)"
@@ -623,7 +625,7 @@ def test_an_unknown_workflow_is_one_clear_line(live: Live) -> None:
         ]
 
 
-def test_check_passes_against_a_live_system(live: Live) -> None:
+def test_check_passes_against_a_live_system(live: Live, broker_vhost: Vhost) -> None:
     result = live.cli("check")
     assert result.returncode == 0, result.stdout + result.stderr
     words = [line.split()[:2] for line in result.stdout.splitlines()]
@@ -634,7 +636,8 @@ def test_check_passes_against_a_live_system(live: Live) -> None:
         ["OK", "token"],
         ["OK", "manager"],
     ]
-    assert "amqp://guest:***@127.0.0.1:5672//" in result.stdout
+    assert broker_vhost.redacted_url in result.stdout
+    assert broker_vhost.password not in result.stdout + result.stderr
     assert "1 builder, 1 deployer, 1 workflow_orchestrator" in result.stdout
     assert SECRET not in result.stdout + result.stderr
 
@@ -687,7 +690,7 @@ def test_status_when_the_manager_is_down_is_one_line(live: Live) -> None:
     assert "Traceback" in debug.stderr
 
 
-def test_execute_when_the_broker_is_down_is_one_line(live: Live) -> None:
+def test_execute_when_the_broker_is_down_is_one_line(live: Live, broker_vhost: Vhost) -> None:
     password = "broker-pw-5150"
     broker = f"amqp://guest:{password}@127.0.0.1:{closed_port()}//"
     started = time.monotonic()
@@ -701,15 +704,13 @@ def test_execute_when_the_broker_is_down_is_one_line(live: Live) -> None:
         f"workflow-orchestrator: cannot connect to the broker at {broker.replace(password, '***')}: "
     )
     assert password not in result.stderr
+    wrong = Vhost(broker_vhost.name, broker_vhost.user, password)  # the session's user
     refused = live.cli(
-        "execute",
-        str(uuid.uuid4()),
-        "--no-verify",
-        env=live.env(CELERY_BROKER_URL=f"amqp://guest:{password}@127.0.0.1:5672//"),
+        "execute", str(uuid.uuid4()), "--no-verify", env=live.env(CELERY_BROKER_URL=wrong.url)
     )
     assert refused.returncode == 2
     assert refused.stderr.startswith(
-        "workflow-orchestrator: cannot connect to the broker at amqp://guest:***@127.0.0.1:5672//: "
+        f"workflow-orchestrator: cannot connect to the broker at {wrong.redacted_url}: "
     )
     assert "ACCESS_REFUSED" in refused.stderr and password not in refused.stderr
 

@@ -96,8 +96,8 @@ class Flower:
 
 
 @pytest.fixture(scope="module")
-def system() -> Iterator[tuple[Live, Flower]]:
-    with live_system("flower", (0.1, 0.2)) as live:
+def system(broker_url: str) -> Iterator[tuple[Live, Flower]]:
+    with live_system(broker_url, "flower", (0.1, 0.2)) as live:
         flower = Flower(live)
         try:
             deadline = time.monotonic() + 20
@@ -122,7 +122,6 @@ def test_flower_lists_our_tasks_by_name_and_identifiers_only(
         "flower-test-caller",
         live.settings.celery_broker_url,
         orchestration_queue=live.settings.queue_name,
-        orchestration_error_queue=live.settings.error_queue_name,
     )
     ids = {
         live.new_workflow("Org/web_docker", ["build", "deploy"]): "succeeded",

@@ -2,13 +2,13 @@
 
 Every test asserts something that fails if exclusion breaks: exact counters after
 racing read-modify-writes, a timeout while another holder keeps the lock, a dead
-holder that stops blocking. Redis tests skip only when 127.0.0.1:6379 does not PING.
+holder that stops blocking. Redis tests use the session's own Redis database (the
+`redis_url` fixture, never db 0) and skip only when 127.0.0.1:6379 does not PING.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import multiprocessing
 import os
@@ -34,8 +34,6 @@ from workflow_orchestrator.locking import (
 )
 from workflow_orchestrator.settings import Settings
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
 WEIRD_IDS = [
     "a/b",
     "../../escape",
@@ -51,27 +49,6 @@ WEIRD_IDS = [
     "lone-surrogate-\ud800",
     "*?[]{}$`'\"",
 ]
-
-
-@functools.cache
-def _redis_down_reason() -> str | None:
-    try:
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-        client.ping()
-        client.close()
-    except Exception as exc:  # any failure means "no Redis to test against"
-        return f"Redis at 127.0.0.1:6379 does not answer PING ({type(exc).__name__}: {exc})"
-    return None
-
-
-@pytest.fixture
-def redis_url() -> str:
-    reason = _redis_down_reason()
-    if reason:
-        pytest.skip(reason)
-    return REDIS_URL
 
 
 @pytest.fixture
@@ -403,12 +380,8 @@ def test_file_delivery_counts_per_message(tmp_path: Path) -> None:
     assert locks.count_delivery("m/2") == 1
 
 
-def test_redis_delivery_counts_per_message() -> None:
-    locks = RedisLocks("redis://127.0.0.1:6379/0", timeout=5, wait=1)
-    try:
-        locks.client.ping()
-    except Exception:  # noqa: BLE001
-        pytest.skip("Redis at 127.0.0.1:6379 does not answer PING")
+def test_redis_delivery_counts_per_message(redis_url: str) -> None:
+    locks = RedisLocks(redis_url, timeout=5, wait=1)
     message = f"msg-{uuid.uuid4()}"
     assert [locks.count_delivery(message) for _ in range(3)] == [1, 2, 3]
     assert 0 < locks.client.ttl(f"workflow-orchestrator:deliveries:{message}") <= 86400
@@ -429,10 +402,6 @@ def test_file_transition_time(tmp_path: Path) -> None:
     check_transition_time(FileLocks(str(tmp_path), wait=1))
 
 
-def test_redis_transition_time() -> None:
-    locks = RedisLocks("redis://127.0.0.1:6379/0", timeout=5, wait=1)
-    try:
-        locks.client.ping()
-    except Exception:  # noqa: BLE001
-        pytest.skip("Redis at 127.0.0.1:6379 does not answer PING")
+def test_redis_transition_time(redis_url: str) -> None:
+    locks = RedisLocks(redis_url, timeout=5, wait=1)
     check_transition_time(locks)

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-from celery import Celery, current_app, signals
+from celery import Celery, current_app
 from celery.contrib.testing.worker import start_worker
 from kombu import Connection, Exchange, Queue
 from kombu.message import Message
 
+from tests.support import wait_for
 from workflow_orchestrator.queues import orchestration_queue
 from workflow_orchestrator.worker_api import (
     HIPCHAT_TASK,
@@ -32,12 +34,12 @@ from workflow_orchestrator.worker_api import (
     execute_workflow,
     publish_failure_notification,
     publish_success_notification,
+    register,
+    save,
     step_completed,
     step_failed,
     worker_app,
 )
-
-BROKER_URL = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 #: The contract's example payloads, copied into the repo.
 EXAMPLE_DIRS = [Path(__file__).resolve().parents[1] / "docs" / "examples"]
@@ -58,8 +60,8 @@ def unique(kind: str) -> str:
 
 
 @pytest.fixture
-def conn() -> Iterator[Connection]:
-    with Connection(BROKER_URL, connect_timeout=5) as connection:
+def conn(broker_url: str) -> Iterator[Connection]:
+    with Connection(broker_url, connect_timeout=5) as connection:
         connection.ensure_connection(max_retries=1)
         yield connection
 
@@ -95,10 +97,10 @@ def chat_queue(declare: Callable[[Queue], Queue]) -> Queue:
 
 
 @pytest.fixture
-def app() -> Iterator[Celery]:
+def app(broker_url: str) -> Iterator[Celery]:
     """A peer-worker app that does not know the test queues (the usual case)."""
     previous = current_app._get_current_object()
-    peer = worker_app("wo-test-peer", BROKER_URL)
+    peer = worker_app("wo-test-peer", broker_url)
     yield peer
     peer.close()
     previous.set_current()
@@ -176,11 +178,11 @@ def test_step_completed_without_message_sends_request_unchanged(
 
 
 def test_step_completed_falls_back_to_configured_queue_and_custom_task(
-    declare: Callable[[Queue], Queue],
+    broker_url: str, declare: Callable[[Queue], Queue]
 ) -> None:
     """No `orchestration_queue_name` in the request: the keyword's queue is used."""
     queue = declare(orchestration_queue(unique("orch")))
-    peer = worker_app("wo-test-peer", BROKER_URL, orchestration_queue=queue.name)
+    peer = worker_app("wo-test-peer", broker_url, orchestration_queue=queue.name)
     try:
         request = {"id": WID, "current_step": "deploy", "event_log": None}
         task_id = step_completed(
@@ -222,10 +224,10 @@ def test_step_failed_marks_failure_notifies_and_reports_back(
     assert payload["workflow_completed"] is True
     assert payload["current_step"] == "build"
     assert payload["step_time"] == original["step_time"]
-    assert payload["event_log"] == [
+    assert payload["event_log"] == [  # the original's order: the reason, then the message
         *original["event_log"],
+        f"{PREFIX} docker build exited with status 1",
         f"{PREFIX} Build of Test-Org/app_docker failed",
-        f"{PREFIX} Workflow step failed: docker build exited with status 1",
     ]
 
     chat = receive(chat_queue)
@@ -233,8 +235,9 @@ def test_step_failed_marks_failure_notifies_and_reports_back(
     assert note == {
         "is_success": False,
         "prefix": PREFIX,
-        "message": "Build of Test-Org/app_docker failed (reason: docker build exited with status 1)",
+        "message": "Build of Test-Org/app_docker failed",
         "room_names": rooms,
+        "notifications": {"hipchat_rooms": rooms},
     }
     assert chat.headers["argsrepr"] == f"workflow={WID} step=build event=notification"
     assert len(chat.headers["argsrepr"]) < 120
@@ -251,27 +254,88 @@ def test_chat_notifications(
     app: Celery,
     request_: dict[str, Any],
     chat_queue: Queue,
-    publish: Callable[..., str],
+    publish: Callable[..., dict[str, Any]],
     is_success: bool,
 ) -> None:
-    task_id = publish(app, request_, "Build started", hipchat_queue=chat_queue.name)
+    original = copy.deepcopy(request_)
+    updated = publish(app, request_, "Build started", hipchat_queue=chat_queue.name)
 
-    note = task_argument(receive(chat_queue), HIPCHAT_TASK, task_id)
+    chat = receive(chat_queue)
+    note = task_argument(chat, HIPCHAT_TASK, chat.headers["id"])
     assert note == {
         "is_success": is_success,
         "prefix": PREFIX,
         "message": "Build started",
         "room_names": None,
     }
+    assert request_ == original, "the caller's dict must not change"
+    assert updated["event_log"] == [*original["event_log"], f"{PREFIX} Build started"]
+    assert {k: v for k, v in updated.items() if k != "event_log"} == {
+        k: v for k, v in original.items() if k != "event_log"
+    }
 
-    request_["notifications_config"] = load_example("callback-step-completed.json")[
+    updated["notifications_config"] = load_example("callback-step-completed.json")[
         "notifications_config"
     ]
-    task_id = publish(
-        app, request_, "again", hipchat_task="chat.post", hipchat_queue=chat_queue.name
-    )
-    note = task_argument(receive(chat_queue), "chat.post", task_id)
+    again = publish(app, updated, "again", hipchat_task="chat.post", hipchat_queue=chat_queue.name)
+    chat = receive(chat_queue)
+    note = task_argument(chat, "chat.post", chat.headers["id"])
     assert note["room_names"] == ["OpenAperture-Workflow Events"]
+    assert note["notifications"] == {"hipchat_rooms": ["OpenAperture-Workflow Events"]}
+    assert again["event_log"][-2:] == [f"{PREFIX} Build started", f"{PREFIX} again"]
+
+
+# --- save and register ----------------------------------------------------------------
+
+
+def test_save_puts_the_requests_workflow_fields(request_: dict[str, Any]) -> None:
+    from tests.conftest import CLIENT_ID, CLIENT_SECRET
+    from workflow_orchestrator.emulator import ManagerEmulator
+    from workflow_orchestrator.manager import ManagerClient, TokenSource
+
+    with ManagerEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as emulator:
+        workflow_id = emulator.add_workflow({"milestones": ["build", "deploy"]})
+        tokens = TokenSource(emulator.token_url, CLIENT_ID, CLIENT_SECRET)
+        with ManagerClient(emulator.url, tokens) as manager:
+            request = {**request_, "id": workflow_id, "workflow_id": workflow_id}
+            request["event_log"] = ["[OA][x] Builder received the request"]
+            save(manager, request)
+        stored = emulator.get_workflow(workflow_id)
+        assert stored["event_log"] == ["[OA][x] Builder received the request"]
+        assert stored["current_step"] == request_["current_step"]
+        (put,) = emulator.workflow_puts(workflow_id)
+        assert "docker_build_etcd_token" not in put  # request fields are not persisted
+
+
+def test_register_keeps_a_heartbeat_and_says_inactive_at_stop() -> None:
+    from tests.conftest import CLIENT_ID, CLIENT_SECRET
+    from workflow_orchestrator.emulator import ManagerEmulator
+    from workflow_orchestrator.manager import ManagerClient, TokenSource
+
+    key = "POST /messaging/exchanges/{id}/modules"
+    with ManagerEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as emulator:
+        emulator.add_exchange("2", name="remote")
+        tokens = TokenSource(emulator.token_url, CLIENT_ID, CLIENT_SECRET)
+        with ManagerClient(emulator.url, tokens) as manager:
+            registration = register(
+                manager,
+                "2",
+                "builder",
+                hostname="py-builder",
+                interval=0.2,
+                workload=lambda: ["w-1"],
+            )
+            wait_for(lambda: emulator.counters().get(key, 0) >= 3, 20, "three heartbeats")
+            (record,) = emulator.modules("2")
+            assert (record["hostname"], record["type"], record["status"]) == (
+                "py-builder",
+                "builder",
+                "active",
+            )
+            assert record["workload"] == ["w-1"]
+            registration.stop()
+        (record,) = emulator.modules("2")
+        assert record["status"] == "inactive"
 
 
 # --- execute_workflow -----------------------------------------------------------------
@@ -312,10 +376,10 @@ def test_execute_workflow_rejects_empty_id(app: Celery) -> None:
 # --- worker_app -----------------------------------------------------------------------
 
 
-def test_worker_app_settings() -> None:
-    peer = worker_app("wo-test-peer", BROKER_URL, queues=["builder", "config"])
+def test_worker_app_settings(broker_url: str) -> None:
+    peer = worker_app("wo-test-peer", broker_url, queues=["builder", "config"])
     conf = peer.conf
-    assert conf.broker_url == BROKER_URL
+    assert conf.broker_url == broker_url
     assert conf.accept_content == ["json"]
     assert conf.task_serializer == "json"
     assert conf.task_acks_late is True
@@ -332,34 +396,36 @@ def test_worker_app_settings() -> None:
         assert queues[name].exchange.type == "direct"
         assert queues[name].routing_key == name
         assert not queues[name].queue_arguments
-    expected = orchestration_queue("workflow_orchestration")
-    assert queues["workflow_orchestration"].queue_arguments == expected.queue_arguments
+    # declared as a vanilla Celery caller declares it: no x-arguments
+    assert not queues["workflow_orchestration"].queue_arguments
+    assert queues["workflow_orchestration"].durable
 
     route = peer.amqp.router.route({}, ORCHESTRATE_TASK)
     assert route["queue"].name == "workflow_orchestration"
 
-    custom = worker_app("p", BROKER_URL, orchestration_queue="wo", orchestration_error_queue="dlq")
+    custom = worker_app("p", broker_url, orchestration_queue="wo")
     (queue,) = custom.conf.task_queues
-    assert queue.queue_arguments == orchestration_queue("wo", "dlq").queue_arguments
+    assert (queue.name, queue.routing_key, queue.queue_arguments) == ("wo", "wo", None)
+
+
+def test_worker_app_uses_its_broker_whatever_the_environment_says(
+    broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://elsewhere:5672//other")
+    peer = worker_app("wo-test-peer", broker_url)
+    with peer.connection_for_write() as write, peer.connection_for_read() as read:
+        assert write.as_uri(include_password=True) == read.as_uri(include_password=True)
+        assert "elsewhere" not in write.as_uri()
+        assert write.hostname == urlsplit(broker_url).hostname
 
 
 @pytest.fixture
 def no_orchestrator_worker_hooks() -> Iterator[None]:
-    """Run peer workers in this process without the orchestrator's start-up checks.
-
-    `workflow_orchestrator.celery_app` connects its `worker_init` settings check for
-    every worker in the process, and importing any `workflow_orchestrator` module
-    imports it; without its settings a peer worker would exit.
-    """
-    from workflow_orchestrator.celery_app import check_settings
-
-    connected = signals.worker_init.disconnect(check_settings)
+    """Give the process its current Celery app back after a peer worker ran."""
     previous = current_app._get_current_object()
     yield
     previous.set_current()
     previous.set_default()
-    if connected:
-        signals.worker_init.connect(check_settings)
 
 
 @contextlib.contextmanager
@@ -384,12 +450,12 @@ def run_worker(app: Celery, **options: Any) -> Iterator[Any]:
 
 
 def test_worker_app_never_consumes_the_orchestration_queue(
-    no_orchestrator_worker_hooks: None, declare: Callable[[Queue], Queue]
+    broker_url: str, no_orchestrator_worker_hooks: None, declare: Callable[[Queue], Queue]
 ) -> None:
     """A worker started without `-Q` consumes its own queues, not the orchestrator's."""
     orch = declare(orchestration_queue(unique("orch")))
     own = unique("own")
-    peer = worker_app("wo-test-peer", BROKER_URL, queues=[own], orchestration_queue=orch.name)
+    peer = worker_app("wo-test-peer", broker_url, queues=[own], orchestration_queue=orch.name)
     declare(peer.amqp.queues[own])
     execute_workflow(peer, WID, queue=orch.name)
     try:
@@ -406,13 +472,19 @@ def test_worker_app_never_consumes_the_orchestration_queue(
 
 @pytest.fixture
 def builder(
+    broker_url: str,
     no_orchestrator_worker_hooks: None,
     declare: Callable[[Queue], Queue],
     chat_queue: Queue,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[Celery, str]]:
     """The example builder consuming a unique queue; its chat lines go to `chat_queue`."""
-    from examples import builder_worker
+    # The example takes its broker from CELERY_BROKER_URL when imported (default: vhost /
+    # of localhost): import it, or import it again, with the session's.
+    monkeypatch.setenv("CELERY_BROKER_URL", broker_url)
+    builder_worker = importlib.import_module("examples.builder_worker")
+    if builder_worker.BROKER_URL != broker_url:
+        builder_worker = importlib.reload(builder_worker)
 
     monkeypatch.setattr(builder_worker, "HIPCHAT_QUEUE", chat_queue.name)
     name = unique("builder")
@@ -443,10 +515,8 @@ def test_example_builder_reports_success_and_failure(
     assert payload["workflow_error"] is True
     assert payload["workflow_completed"] is True
     assert payload["current_step"] == "build"
-    assert (
-        payload["event_log"][-1]
-        == f"{PREFIX} Workflow step failed: docker build exited with status 1"
-    )
+    assert payload["event_log"][-2] == f"{PREFIX} docker build exited with status 1"
+    assert payload["event_log"][-1].startswith(f"{PREFIX} Build of Test-Org/fail_docker failed")
     chat = receive(chat_queue)
     note = task_argument(chat, HIPCHAT_TASK, chat.headers["id"])
     assert note["is_success"] is False

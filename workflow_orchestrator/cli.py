@@ -704,7 +704,6 @@ def execute(
         "workflow-orchestrator-cli",
         settings.celery_broker_url,
         orchestration_queue=settings.queue_name,
-        orchestration_error_queue=settings.error_queue_name,
         orchestrate_task=settings.orchestrate_task,
     )
     try:

@@ -1,9 +1,11 @@
-"""The worker's message consumer, changed in one place: undecodable bodies.
+"""Where messages enter the worker: nothing Celery cannot run may stop it or vanish.
 
-Celery acks and drops a body it cannot decode; on this bus that would silently lose a
-workflow step. We reject it without requeue instead, so RabbitMQ dead-letters it to the
-error queue, and tell an operator. Unknown task names and malformed task messages are
-already rejected (dead-lettered) by Celery; `report_rejected` adds the system event.
+Stock Celery acks and drops a body it cannot decode, rejects unknown or invalid task
+messages (which, on a queue without a broker dead-letter policy, drops them too), and
+dies on a known task name whose body is not `[args, kwargs, embed]`. The consumer here
+checks every message's envelope before Celery parses it, and dead-letters what cannot
+run; the request class dead-letters what the task itself refuses (`Reject`) or what
+escapes it. Dead-lettering is `dead_letters.publish_dead_letter`: copy, confirm, ack.
 """
 
 from __future__ import annotations
@@ -12,27 +14,73 @@ import logging
 import threading
 from typing import Any
 
-from celery import signals
+from billiard.einfo import ExceptionWithTraceback
+from celery import Celery
+from celery.exceptions import Reject
 from celery.worker.consumer import Consumer
+from celery.worker.request import Request
+
+from .dead_letters import publish_dead_letter
+from .envelope import envelope_problem, message_identity, workflow_id_of
+from .errors import PublishError
 
 logger = logging.getLogger("workflow_orchestrator.consumer")
 
 
-def _report(message: str) -> None:
+def _report_later(app: Any, kind: str, text: str, workflow_id: Any, message_id: str) -> None:
     """Post a system event off the consumer's thread (never blocks message flow)."""
 
     def post() -> None:
-        from .runtime import get_runtime
-
         try:
-            get_runtime().report_problem(message)
+            app.runtime.report_problem(kind, text, workflow_id=workflow_id, message_id=message_id)
         except Exception:  # noqa: BLE001 - a report must never hurt the worker
             logger.exception("could not post a system event")
 
     threading.Thread(target=post, name="system-event", daemon=True).start()
 
 
+def _safe_body(message: Any) -> Any:
+    try:
+        return message.decode()
+    except Exception:  # noqa: BLE001 - undecodable: nothing to read an id from
+        return None
+
+
+def dead_letter_message(
+    app: Any,
+    message: Any,
+    reason: str,
+    *,
+    on_ack: Any,
+    on_requeue: Any,
+    kind: str | None = "invalid_message",
+) -> bool:
+    """Copy `message` to the error queue with `reason`, then ack it (True).
+
+    When the copy is not confirmed the message goes back to its queue (False): it is
+    never acked without its copy. `kind` names the system event to post; None when
+    the task already posted its own, with a more precise kind, before it rejected.
+    """
+    settings = app.settings
+    try:
+        publish_dead_letter(app, message, reason, settings.error_queue_name, app.runtime.clock())
+    except PublishError as exc:
+        logger.error("%s; the message goes back to its queue", exc)
+        on_requeue()
+        return False
+    on_ack()
+    if kind is not None:
+        queue = (message.delivery_info or {}).get("routing_key") or settings.queue_name
+        text = f"Dead-lettered a message from queue {queue}: {reason}"
+        logger.error(text)
+        identity = message_identity(message.headers, message.body)
+        _report_later(app, kind, text, workflow_id_of(_safe_body(message)), identity)
+    return True
+
+
 class DeadLetteringConsumer(Consumer):
+    """Celery's consumer with every "cannot run this" path ending in a dead letter."""
+
     def connection_for_write(self, url: Any = None, heartbeat: Any = None) -> Any:
         """The connection of the worker's event dispatcher (its only user in the consumer).
 
@@ -47,24 +95,86 @@ class DeadLetteringConsumer(Consumer):
             )
         )
 
-    def on_decode_error(self, message: Any, exc: Exception) -> None:
-        queue = (message.delivery_info or {}).get("routing_key")
-        text = (
-            f"Dead-lettered an undecodable message from queue {queue} "
-            f"(content type {message.content_type!r}, encoding {message.content_encoding!r}): "
-            f"{type(exc).__name__}: {str(exc)[:200]}"
+    def _dead_letter(self, message: Any, reason: str) -> None:
+        errors = self.connection_errors
+        dead_letter_message(
+            self.app,
+            message,
+            reason,
+            on_ack=lambda: message.ack_log_error(logger, errors),
+            on_requeue=lambda: message.reject_log_error(logger, errors, requeue=True),
         )
-        logger.error(text)
-        message.reject(requeue=False)
-        _report(text)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        handle = super().create_task_handler(*args, **kwargs)
+        # Celery's own tasks (celery.chord_unlock, ...) are never run from this queue.
+        accepted = frozenset(name for name in self.app.tasks if not name.startswith("celery."))
+
+        def on_task_received(message: Any) -> None:
+            problem = envelope_problem(message.headers, message.decode, accepted)
+            if problem is not None:
+                return self._dead_letter(message, problem)
+            try:
+                return handle(message)
+            except Exception as exc:  # noqa: BLE001 - whatever Celery could not parse
+                logger.exception("Celery could not read a message")
+                return self._dead_letter(
+                    message, f"Celery could not read the message: {type(exc).__name__}: {exc}"
+                )
+
+        return on_task_received
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._dead_letter(
+            message,
+            f"the body cannot be decoded (content type {message.content_type!r}, "
+            f"encoding {message.content_encoding!r}): {type(exc).__name__}: {str(exc)[:200]}",
+        )
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._dead_letter(message, "the message is not a Celery task message")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        task = (message.headers or {}).get("task") if isinstance(message.headers, dict) else None
+        self._dead_letter(message, f"no task {str(task)[:120]!r} is registered here")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, f"Celery rejected the task message: {str(exc)[:300]}")
 
 
-@signals.task_rejected.connect
-def report_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
-    headers = getattr(message, "headers", None) or {}
-    task = headers.get("task", "<no task header>")
-    text = f"Dead-lettered a message Celery could not run (task {str(task)[:120]})"
-    if exc is not None:
-        text += f": {type(exc).__name__}: {str(exc)[:200]}"
-    logger.error(text)
-    _report(text)
+class OrchestrationRequest(Request):
+    """A request whose message, when rejected for good, is dead-lettered, not dropped."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False):
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        self._dead_letter_kind = None if isinstance(exc, Reject) else "unexpected_error"
+        if isinstance(exc, Reject):
+            self._dead_letter_reason = str(exc.reason)
+        else:
+            self._dead_letter_reason = (
+                f"the orchestration task failed: {type(exc).__name__}: {str(exc)[:300]}"
+            )
+        return super().on_failure(
+            exc_info, send_failed_event=send_failed_event, return_ok=return_ok
+        )
+
+    def reject(self, requeue: bool = False) -> None:
+        if requeue or self.acknowledged:
+            return super().reject(requeue=requeue)
+        reason = getattr(self, "_dead_letter_reason", None) or "rejected by the orchestration task"
+        dead_letter_message(
+            self._app,
+            self.message,
+            reason,
+            on_ack=self.acknowledge,
+            on_requeue=lambda: super(OrchestrationRequest, self).reject(requeue=True),
+            kind=getattr(self, "_dead_letter_kind", None),
+        )
+        return None
+
+
+def install_consumer(app: Celery) -> None:
+    """Make `app`'s workers consume through `DeadLetteringConsumer`."""
+    app.conf.worker_consumer = f"{__name__}:DeadLetteringConsumer"

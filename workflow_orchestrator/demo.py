@@ -39,12 +39,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from celery import Celery
-from kombu import Connection, Exchange, Queue
+from kombu import Connection
 
 from .cli import (
     EXIT_ERROR,
@@ -59,8 +59,9 @@ from .cli import (
     terminal_width,
 )
 from .emulator import ManagerEmulator
+from .factory import create_app
 from .logs import configure_logging
-from .queues import orchestration_queue
+from .queues import orchestration_queue, plain_queue
 from .settings import Settings, redact_url
 from .worker_api import execute_workflow, step_completed, step_failed, worker_app
 
@@ -131,11 +132,6 @@ class Inbox:
 def _workflow_of(prefix: Any) -> str:
     found = _WORKFLOW_ID.search(str(prefix))
     return found.group(1) if found else "?"
-
-
-def _plain_queue(name: str) -> Queue:
-    """A durable queue on a direct exchange of its name: how Celery declares routed queues."""
-    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
 
 
 def peer_queues(settings: Settings) -> list[str]:
@@ -454,19 +450,15 @@ def _summary(runs: list[Run], inbox: Inbox, total: float) -> tuple[list[str], bo
     return [*lines, "", verdict], all_good
 
 
-def _configure_memory_app(settings: Settings) -> Celery:
-    """The orchestrator's own app, switched to the in-process broker and every demo queue."""
-    from .celery_app import app
-
+def _memory_app(settings: Settings) -> Celery:
+    """An orchestrator app on the in-process broker that consumes every demo queue too."""
+    app = create_app(settings)
     app.conf.update(
-        broker_url="memory://localhost//",
         broker_transport_options={"polling_interval": 0.01},
         task_queues=[
-            orchestration_queue(settings.queue_name, settings.error_queue_name),
-            *(_plain_queue(q) for q in peer_queues(settings)),
+            orchestration_queue(settings.queue_name),
+            *(plain_queue(q) for q in peer_queues(settings)),
         ],
-        task_default_queue=settings.queue_name,
-        task_routes={settings.orchestrate_task: {"queue": settings.queue_name}},
         worker_send_task_events=False,
         task_send_sent_event=False,
     )
@@ -537,15 +529,8 @@ class _System:
 
 def _in_process(stack: ExitStack, emulator: ManagerEmulator, secret: str, locks: str) -> _System:
     """memory://: the orchestrator's own app runs the demo workers too, in one worker."""
-    from . import runtime
-    from .tasks import orchestrate
-
     settings = demo_settings(emulator, secret, "memory://localhost//", "", locks)
-    # The task's name comes from the environment (ORCHESTRATE_TASK) when tasks.py loads.
-    settings = replace(settings, orchestrate_task=orchestrate.name)
-    app = _configure_memory_app(settings)
-    runtime.set_runtime(runtime.build_runtime(app, settings))
-    stack.callback(runtime.set_runtime, None)
+    app = _memory_app(settings)
     return _System(
         app,
         settings,
@@ -570,7 +555,6 @@ def _with_broker(
         broker,
         queues=peer_queues(settings),
         orchestration_queue=settings.queue_name,
-        orchestration_error_queue=settings.error_queue_name,
         orchestrate_task=settings.orchestrate_task,
     )
     pid = orchestrator.process.pid if orchestrator.process else "?"

@@ -49,6 +49,20 @@ class ManagerTransientError(ManagerError):
     """Transport error, timeout, 5xx or 429: worth retrying with backoff."""
 
 
+class CredentialsRejected(ManagerTransientError):
+    """The token endpoint (or the Manager, with a fresh token) refused our client
+    credentials. A configuration error, not a property of any message: refused at
+    worker start; while running, messages are kept and retried until it is fixed."""
+
+    def __str__(self) -> str:
+        answered = f"answered {self.status}" if self.status is not None else "failed"
+        detail = f": {self.detail}" if self.detail else ""
+        return (
+            "the Manager refused the orchestrator's client credentials; check the settings "
+            f"OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET ({self.call} {answered}{detail})"
+        )
+
+
 class ManagerPermanentError(ManagerError):
     """Any other 4xx: retrying will not help."""
 

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 REDIS_KEY_PREFIX = "workflow-orchestrator:lock:"
 REDIS_DELIVERY_PREFIX = "workflow-orchestrator:deliveries:"
 REDIS_TIME_PREFIX = "workflow-orchestrator:transition-time:"
+#: `workflow-orchestrator:memory:{name}:{workflow id}`: what `remember` keeps.
+REDIS_MEMORY_PREFIX = "workflow-orchestrator:memory:"
 #: How long a redelivery count is remembered.
 DELIVERY_MEMORY_SECONDS = 86400.0
 
@@ -79,6 +81,14 @@ class WorkflowLocks(Protocol):
     def transition_time(self, workflow_id: str, state: str, now: str) -> str:
         """The time first used to transition this workflow from stored `state`, or `now`
         (remembered) if none was. Called while holding the workflow's lock."""
+        ...
+
+    def recall(self, workflow_id: str, name: str) -> str | None:
+        """What was remembered under `name` for this workflow (within a day), or None."""
+        ...
+
+    def remember(self, workflow_id: str, name: str, value: str) -> None:
+        """Keep `value` under `name` for this workflow; called holding its lock."""
         ...
 
 
@@ -183,6 +193,30 @@ class FileLocks:
             raise LockUnavailable(workflow_id, f"cannot write {path}: {exc}") from exc
         return now
 
+    def _memory_path(self, workflow_id: str, name: str) -> str:
+        return self.path_for(workflow_id)[: -len(".lock")] + f".{name}"
+
+    def recall(self, workflow_id: str, name: str) -> str | None:
+        path = self._memory_path(workflow_id, name)
+        try:
+            with open(path) as handle:
+                value = handle.read()
+            if time.time() - os.stat(path).st_mtime < DELIVERY_MEMORY_SECONDS:
+                return value
+            return None
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
+
+    def remember(self, workflow_id: str, name: str, value: str) -> None:
+        path = self._memory_path(workflow_id, name)
+        try:
+            with open(path, "w") as handle:
+                handle.write(value)
+        except OSError as exc:
+            raise LockUnavailable(workflow_id, f"cannot write {path}: {exc}") from exc
+
     def _acquire(self, workflow_id: str, fd: int) -> None:
         """Poll with LOCK_NB (a blocking flock cannot time out) with a little backoff."""
         deadline = time.monotonic() + self.wait
@@ -264,6 +298,31 @@ class RedisLocks:
             problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
             raise LockUnavailable(workflow_id, self._scrub(problem)) from None
         return now
+
+    def _memory_key(self, workflow_id: str, name: str) -> bytes:
+        return f"{REDIS_MEMORY_PREFIX}{name}:{workflow_id}".encode("utf-8", "surrogatepass")
+
+    def recall(self, workflow_id: str, name: str) -> str | None:
+        from redis.exceptions import RedisError
+
+        try:
+            raw = self.client.get(self._memory_key(workflow_id, name))
+        except RedisError as exc:
+            problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
+            raise LockUnavailable(workflow_id, self._scrub(problem)) from None
+        return None if raw is None else raw.decode("utf-8", "surrogatepass")
+
+    def remember(self, workflow_id: str, name: str, value: str) -> None:
+        from redis.exceptions import RedisError
+
+        key = self._memory_key(workflow_id, name)
+        try:
+            self.client.set(
+                key, value.encode("utf-8", "surrogatepass"), ex=int(DELIVERY_MEMORY_SECONDS)
+            )
+        except RedisError as exc:
+            problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
+            raise LockUnavailable(workflow_id, self._scrub(problem)) from None
 
     @contextmanager
     def hold(self, workflow_id: str) -> Iterator[None]:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from celery.app.log import Logging
+
 _CONTEXT: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "workflow_orchestrator_log_context", default=None
 )
@@ -35,10 +37,6 @@ def transition_context(**fields: Any) -> Iterator[None]:
         yield
     finally:
         _CONTEXT.reset(token)
-
-
-def current_context() -> dict[str, str]:
-    return dict(_CONTEXT.get() or {})
 
 
 class ContextFilter(logging.Filter):
@@ -91,3 +89,21 @@ def configure_logging(log_format: str, logger: logging.Logger | None = None) -> 
             handler.setFormatter(JsonFormatter())
         else:
             handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+
+
+class OrchestratorLogging(Logging):
+    """Celery's worker logging with the orchestrator's format, for its own app only.
+
+    A subclass of the app's log class rather than a global signal handler, so other
+    Celery apps in the process (a builder importing `worker_api`) keep their logging.
+    """
+
+    def setup_logging_subsystem(self, *args: Any, **kwargs: Any) -> Any:
+        handled = super().setup_logging_subsystem(*args, **kwargs)
+        log_format = getattr(getattr(self.app, "settings", None), "log_format", "text")
+        configure_logging(log_format)
+        configure_logging(log_format, logging.getLogger("celery.task"))
+        trace = logging.getLogger("celery.app.trace")
+        if not any(isinstance(f, DropRejectTraces) for f in trace.filters):
+            trace.addFilter(DropRejectTraces())
+        return handled

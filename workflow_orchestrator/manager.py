@@ -21,7 +21,13 @@ import requests
 from oauthlib.oauth2 import BackendApplicationClient
 from requests.adapters import HTTPAdapter
 
-from .errors import ManagerError, ManagerNotFound, ManagerPermanentError, ManagerTransientError
+from .errors import (
+    CredentialsRejected,
+    ManagerError,
+    ManagerNotFound,
+    ManagerPermanentError,
+    ManagerTransientError,
+)
 from .settings import Settings
 from .workflow import JSON_TEXT_FIELDS, persisted_view
 
@@ -33,6 +39,21 @@ TOKEN_REFRESH_MARGIN = 30.0
 DETAIL_MAX = 200
 #: Connections kept per host: enough for a threads-pool worker of ~16 threads.
 POOL_SIZE = 32
+
+#: The Manager stores a module's `workload` as JSON text in a 255-character column and
+#: answers 500 past it (after deleting the old record: the module would vanish).
+WORKLOAD_MAX_CHARS = 255
+
+
+def fit_workload(items: list[Any]) -> list[Any]:
+    """The longest prefix of `items` whose JSON fits the Manager's workload column."""
+    kept: list[Any] = []
+    for item in items:
+        if len(json.dumps([*kept, item])) > WORKLOAD_MAX_CHARS:
+            break
+        kept.append(item)
+    return kept
+
 
 _TRANSPORT_ERRORS = (
     requests.exceptions.ConnectionError,
@@ -193,9 +214,10 @@ class TokenSource:
         ms = (time.perf_counter() - started) * 1000
         log.debug("%s -> %s in %.1f ms", self._call, response.status_code, ms)
         if not 200 <= response.status_code < 300:
-            raise _classify(
-                self._call, response.status_code, _excerpt(response.text, (self._secret,))
-            )
+            detail = _excerpt(response.text, (self._secret,))
+            if response.status_code in (400, 401) or "invalid_client" in response.text:
+                raise CredentialsRejected(self._call, response.status_code, detail)
+            raise _classify(self._call, response.status_code, detail)
         try:
             answer = response.json()
             token = answer["access_token"]
@@ -387,6 +409,8 @@ class ManagerClient:
             status = response.status_code
             if 200 <= status < 300 or status in accept:
                 return response
+            if status == 401 and token is not None:  # refused with a token just issued
+                raise CredentialsRejected(call, status, self._scrub(response.text, token))
             raise _classify(call, status, self._scrub(response.text, token))
         raise AssertionError("unreachable")  # pragma: no cover
 

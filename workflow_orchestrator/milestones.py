@@ -245,7 +245,9 @@ def build_registry(
 
 
 def check_milestones(milestones: Any, registry: Mapping[str, Milestone]) -> str | None:
-    """The reason a milestone list cannot run, or None when it can."""
+    """The reason a milestone list cannot run, or None when it can (no list: no steps)."""
+    if milestones is None:
+        return None
     if not isinstance(milestones, list) or not all(isinstance(m, str) for m in milestones):
         return f"Invalid milestones: expected a list of step names, got {milestones!r}"[:300]
     seen: set[str] = set()

@@ -24,13 +24,25 @@ def room_names(workflow: dict[str, Any]) -> list[Any] | None:
     return rooms if isinstance(rooms, list) and rooms else None
 
 
-def chat_payload(workflow: dict[str, Any], message: str, is_success: bool) -> dict[str, Any]:
-    return {
+def chat_note(
+    prefix: str, message: str, is_success: bool, rooms: list[Any] | None
+) -> dict[str, Any]:
+    """The chat task's argument. OpenAperture's Notifications reads extra rooms from
+    `notifications.hipchat_rooms` and ignores `room_names`: both are sent."""
+    payload: dict[str, Any] = {
         "is_success": is_success,
-        "prefix": event_prefix(workflow),
+        "prefix": prefix,
         "message": message,
-        "room_names": room_names(workflow),
+        "room_names": rooms,
     }
+    if rooms:
+        payload["notifications"] = {"hipchat_rooms": list(rooms)}
+    return payload
+
+
+def chat_payload(workflow: dict[str, Any], message: str, is_success: bool) -> dict[str, Any]:
+    """A chat line of the orchestrator's own, prefixed like its event lines."""
+    return chat_note(event_prefix(workflow), message, is_success, room_names(workflow))
 
 
 def completion_recipients(workflow: dict[str, Any]) -> list[Any] | None:

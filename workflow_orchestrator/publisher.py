@@ -1,18 +1,21 @@
-"""Where tasks leave the orchestrator: every `send_task`, confirmed by the broker.
+"""Where tasks leave the orchestrator: every publish, confirmed by the broker it goes to.
 
-Requests and notifications go out by task name to their queues, with the ids the
-transition derived and a short `argsrepr` so Flower never shows a whole payload
-(which may carry credentials in `aws_config` or `fleet_config`).
+Worker requests go to the broker of their target exchange (CONTRACT.md 5.1, resolved by
+`brokers.BrokerResolver`, published by `broker_pool.BrokerPublisher` with failover);
+chats, e-mails and the orchestrator's own re-evaluations go to its own broker. Each
+carries the id the transition derived and a short `argsrepr`, so Flower never shows a
+whole payload (which may carry credentials in `aws_config` or `fleet_config`).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
-from celery import Celery
-
-from .errors import PublishError
+from .broker_pool import BrokerPublisher
+from .brokers import BrokerResolver
+from .choice import run_key
 from .transition import ChatNotification, EmailNotification, WorkerRequest
 
 logger = logging.getLogger("workflow_orchestrator.publisher")
@@ -38,44 +41,50 @@ def message_event(payload: Any) -> str:
 
 
 class Publisher:
-    def __init__(self, app: Celery, hipchat: tuple[str, str], email: tuple[str, str]) -> None:
-        self.app = app
+    def __init__(
+        self,
+        resolver: BrokerResolver,
+        brokers: BrokerPublisher,
+        *,
+        own_queue: str,
+        hipchat: tuple[str, str],
+        email: tuple[str, str],
+    ) -> None:
+        self.resolver = resolver
+        self.brokers = brokers
+        self.own_queue = own_queue
         self.hipchat_task, self.hipchat_queue = hipchat
         self.email_task, self.email_queue = email
 
-    def _send(self, name: str, queue: str, payload: dict[str, Any], **options: Any) -> None:
-        try:
-            self.app.send_task(
-                name,
-                args=[payload],
-                queue=queue,
-                retry=True,
-                retry_policy=PUBLISH_RETRY_POLICY,
-                **options,
-            )
-        except Exception as exc:  # noqa: BLE001 - any broker failure means "not sent"
-            raise PublishError(f"publishing {name} to queue {queue} failed: {exc}") from exc
-
     def worker_request(self, request: WorkerRequest) -> None:
-        event = "reevaluate" if request.countdown is not None else "request"
-        self._send(
+        payload = request.payload
+        if request.queue == self.own_queue:  # `scheduled` re-evaluates on our own broker
+            route, event, mode = self.resolver.own_route(), "reevaluate", "none"
+        else:
+            key = run_key(payload.get("id"), payload.get("workflow_start_time"))
+            route, event, mode = self.resolver.resolve(request.exchange_id, key), "request", None
+        endpoint = self.brokers.publish(
+            route,
             request.task,
             request.queue,
-            request.payload,
+            payload,
             task_id=request.task_id,
+            argsrepr=describe(payload, event),
             countdown=request.countdown,
-            argsrepr=describe(request.payload, event),
+            queue_arguments=mode,
         )
         logger.info(
-            "dispatched %s to %s@%s (task id %s)",
+            "dispatched %s to %s@%s on %s (task id %s)",
             request.step,
             request.task,
             request.queue,
+            endpoint.display,
             request.task_id,
         )
 
     def email(self, email: EmailNotification, workflow_id: str) -> None:
-        self._send(
+        self.brokers.publish(
+            self.resolver.own_route(),
             self.email_task,
             self.email_queue,
             email.payload,
@@ -84,9 +93,11 @@ class Publisher:
         )
 
     def chat(self, note: ChatNotification, workflow_id: str) -> None:
-        self._send(
+        self.brokers.publish(
+            self.resolver.own_route(),
             self.hipchat_task,
             self.hipchat_queue,
             note.payload,
+            task_id=str(uuid.uuid4()),
             argsrepr=f"workflow={workflow_id} notification=chat",
         )

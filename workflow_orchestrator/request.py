@@ -7,6 +7,7 @@ operator can fix the sender; nothing about the workflow is loaded or changed.
 from __future__ import annotations
 
 import math
+import uuid
 from typing import Any
 
 from .errors import InvalidRequest
@@ -99,6 +100,10 @@ def parse_request(payload: Any) -> dict[str, Any]:
         raise InvalidRequest("id", f"must be a non-empty string, got {_kind(workflow_id)}")
     if len(workflow_id) > MAX_ID_LENGTH:
         raise InvalidRequest("id", f"is longer than {MAX_ID_LENGTH} characters")
+    try:  # the Manager keys workflows by UUID and answers 500, not 404, to anything else
+        uuid.UUID(workflow_id)
+    except ValueError:
+        raise InvalidRequest("id", f"must be a UUID, got {workflow_id[:80]!r}") from None
     for name, accepted in _TYPES.items():
         if name in payload:
             _check_type(name, payload[name], accepted)
@@ -112,6 +117,8 @@ def parse_request(payload: Any) -> dict[str, Any]:
                 f"must map step names to duration strings; {step!r} is {_kind(duration)}",
             )
     request = dict(payload)
+    if request.get("current_step") == "":  # OpenAperture's own saves write "" for none
+        request["current_step"] = None
     workflow_id_field = request.get("workflow_id")
     if workflow_id_field is not None and str(workflow_id_field) != workflow_id:
         raise InvalidRequest("workflow_id", f"must equal id {workflow_id!r}")

@@ -1,14 +1,13 @@
-"""The per-process objects a task uses, built once, after the fork.
+"""The objects a task uses (Manager client, topology, locks, publisher), built per process.
 
-Prefork children must not share the parent's HTTP sessions or sockets, so nothing here
-is built at import; the first task of each process builds it (thread-safe for the
-threads pool).
+Prefork children must not share the parent's HTTP sessions or sockets, so the runtime
+is built on first use in each process (`OrchestratorApp.runtime` checks the pid) and
+never at import.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,15 +15,27 @@ from typing import Any
 
 from celery import Celery
 
+from .broker_pool import BrokerPublisher
+from .brokers import BrokerResolver
 from .locking import WorkflowLocks, locks_from_settings
-from .manager import ManagerClient
+from .manager import ManagerClient, fit_workload
 from .milestones import Target, Targets, build_registry
 from .publisher import Publisher
-from .settings import Settings, load_settings
+from .settings import Settings
 from .topology import ManagerTopology
 from .transition import EngineConfig
 
 logger = logging.getLogger("workflow_orchestrator.runtime")
+
+#: `data.kind` of the system events the orchestrator posts (CONTRACT.md 6).
+EVENT_KINDS = (
+    "invalid_message",
+    "unknown_workflow",
+    "inconsistent_message",
+    "manager_refused",
+    "gave_up",
+    "unexpected_error",
+)
 
 
 def utc_now() -> datetime:
@@ -50,6 +61,37 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
+def system_event(
+    settings: Settings, kind: str, message: str, workflow_id: Any, message_id: Any
+) -> dict[str, Any]:
+    """A system event whose `data` tells distinct problems apart: the Manager answers
+    409 to a unique event whose type and data equal one of the last hour."""
+    return {
+        "unique": True,
+        "type": "unhandled_exception",
+        "severity": "error",
+        "data": {
+            "component": "workflow_orchestration",
+            "exchange_id": settings.exchange_id,
+            "hostname": settings.hostname,
+            "kind": kind,
+            "workflow_id": workflow_id if isinstance(workflow_id, str) else None,
+            "message_id": message_id if isinstance(message_id, str) else None,
+        },
+        "message": message,
+    }
+
+
+def module_record(settings: Settings, status: str, workload: list[str]) -> dict[str, Any]:
+    """This orchestrator's module record: the registration and each heartbeat."""
+    return {
+        "hostname": settings.hostname,
+        "type": "workflow_orchestrator",
+        "status": status,
+        "workload": fit_workload(workload),
+    }
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -60,45 +102,36 @@ class Runtime:
     config: EngineConfig
     clock: Callable[[], datetime] = utc_now
 
-    def system_event(self, message: str) -> dict[str, Any]:
-        return {
-            "unique": True,
-            "type": "unhandled_exception",
-            "severity": "error",
-            "data": {
-                "component": "workflow_orchestration",
-                "exchange_id": self.settings.exchange_id,
-                "hostname": self.settings.hostname,
-            },
-            "message": message,
-        }
-
-    def report_problem(self, message: str) -> None:
+    def report_problem(
+        self, kind: str, message: str, *, workflow_id: Any = None, message_id: Any = None
+    ) -> None:
         """Post a system event; a Manager that cannot take it costs a log line only."""
+        event = system_event(self.settings, kind, message, workflow_id, message_id)
         try:
-            self.manager.create_system_event(self.system_event(message))
+            self.manager.create_system_event(event)
         except Exception as exc:  # noqa: BLE001
             logger.warning("could not post system event (%s): %s", exc, message)
 
-    def register(self) -> None:
+    def register(self, status: str = "active", workload: list[str] | None = None) -> None:
         self.manager.register_module(
-            self.settings.exchange_id,
-            {
-                "hostname": self.settings.hostname,
-                "type": "workflow_orchestrator",
-                "status": "active",
-                "workload": [],
-            },
+            self.settings.exchange_id, module_record(self.settings, status, workload or [])
         )
 
 
-_runtime: Runtime | None = None
-_lock = threading.Lock()
-
-
-def build_runtime(app: Celery, settings: Settings | None = None) -> Runtime:
-    settings = settings or load_settings()
+def build_runtime(app: Celery, settings: Settings) -> Runtime:
     manager = ManagerClient.from_settings(settings)
+    resolver = BrokerResolver(
+        manager,
+        settings.exchange_id,
+        settings.broker_id,
+        settings.celery_broker_url,
+        cache_seconds=settings.cluster_cache_seconds,
+    )
+    brokers = BrokerPublisher(
+        app,
+        queue_arguments=settings.worker_queue_arguments,
+        on_broker_failure=resolver.forget_broker,
+    )
     return Runtime(
         settings=settings,
         manager=manager,
@@ -110,32 +143,11 @@ def build_runtime(app: Celery, settings: Settings | None = None) -> Runtime:
         ),
         locks=locks_from_settings(settings),
         publisher=Publisher(
-            app,
-            (settings.hipchat_task, settings.hipchat_queue),
-            (settings.email_task, settings.email_queue),
+            resolver,
+            brokers,
+            own_queue=settings.queue_name,
+            hipchat=(settings.hipchat_task, settings.hipchat_queue),
+            email=(settings.email_task, settings.email_queue),
         ),
         config=engine_config(settings),
     )
-
-
-def get_runtime() -> Runtime:
-    global _runtime
-    if _runtime is None:
-        with _lock:
-            if _runtime is None:
-                from .celery_app import app
-
-                _runtime = build_runtime(app)
-    return _runtime
-
-
-def current_runtime() -> Runtime | None:
-    """The runtime if one was built or provided, without building one."""
-    return _runtime
-
-
-def set_runtime(runtime: Runtime | None) -> None:
-    """Replace the process's runtime (tests; after a fork)."""
-    global _runtime
-    with _lock:
-        _runtime = runtime

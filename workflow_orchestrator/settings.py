@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -72,6 +73,15 @@ SETTINGS_DOC: dict[str, tuple[Any, str]] = {
         "More milestones, `name=task@queue` separated by commas (dispatched to EXCHANGE_ID)",
     ),
     "LOG_FORMAT": ("text", "`text` or `json` log lines"),
+    "WORKER_QUEUE_ARGUMENTS": (
+        "none",
+        "Worker and notification queues declared `none` (as Celery does) or `openaperture` "
+        "(with OpenAperture's dead-letter arguments, for a broker shared with its modules)",
+    ),
+    "MODULE_HEARTBEAT_SECONDS": (
+        30.0,
+        "Seconds between two registrations of this module with the Manager (its heartbeat)",
+    ),
 }
 
 
@@ -161,6 +171,8 @@ class Settings:
     email_queue: str = "notifications_email"
     extra_milestones: tuple[ExtraMilestone, ...] = ()
     log_format: str = "text"
+    module_heartbeat_seconds: float = 30.0
+    worker_queue_arguments: str = "none"
 
     def __post_init__(self) -> None:
         # Derived defaults, so callers constructing Settings directly (tests) get them too.
@@ -284,10 +296,25 @@ def load_settings(config: Callable[..., Any] | None = None) -> Settings:
         email_queue=read("EMAIL_QUEUE"),
         extra_milestones=read("EXTRA_MILESTONES", parse_extra_milestones),
         log_format=read("LOG_FORMAT", _choice("LOG_FORMAT", ("text", "json"))),
+        module_heartbeat_seconds=_positive(
+            "MODULE_HEARTBEAT_SECONDS", read("MODULE_HEARTBEAT_SECONDS", float)
+        ),
+        worker_queue_arguments=read(
+            "WORKER_QUEUE_ARGUMENTS", _choice("WORKER_QUEUE_ARGUMENTS", ("none", "openaperture"))
+        ),
     )
     if s.lock_url and not s.lock_url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError("LOCK_URL", "must be empty or a redis:// URL")
     return s
+
+
+def load_settings_or_exit() -> Settings:
+    """`load_settings()` for a command's start: a bad setting is one line, then exit 2."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"workflow-orchestrator: cannot start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def settings_table() -> str:

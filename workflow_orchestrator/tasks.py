@@ -12,13 +12,12 @@ import logging
 import random
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
 from celery.exceptions import Reject
-from decouple import config as env
 
-from .celery_app import app
 from .crashpoints import crash_point
 from .errors import (
+    CredentialsRejected,
     InvalidRequest,
     ManagerError,
     ManagerNotFound,
@@ -30,7 +29,7 @@ from .locking import LockTimeout, LockUnavailable
 from .logs import transition_context
 from .publisher import describe, message_event
 from .request import describe_payload, parse_request
-from .runtime import Runtime, get_runtime
+from .runtime import Runtime
 from .timefmt import parse_instant, to_iso
 from .transition import (
     EmailNotification,
@@ -42,8 +41,6 @@ from .transition import (
 )
 
 logger = logging.getLogger("workflow_orchestrator.tasks")
-
-ORCHESTRATE_TASK = env("ORCHESTRATE_TASK", default="workflow_orchestrator.orchestrate")
 
 #: Failures worth another try: the Manager or broker or lock will come back.
 TRANSIENT = (ManagerTransientError, PublishError, LockTimeout, LockUnavailable)
@@ -60,6 +57,20 @@ class DeadLetter(Exception):
     """The message can never be processed; an operator has been told."""
 
 
+def _retry_later(rt: Runtime, workflow_id: str, attempt: int, exc: Exception, **carry: Any) -> None:
+    delay = backoff_delay(
+        attempt, rt.settings.retry_backoff_seconds, rt.settings.retry_backoff_max, random.random()
+    )
+    logger.warning(
+        "workflow %s: transient failure (attempt %d), retrying in %.2f s: %s",
+        workflow_id,
+        attempt,
+        delay,
+        exc,
+    )
+    raise RetryLater(delay, str(exc), **carry) from exc
+
+
 def backoff_delay(attempt: int, base: float, cap: float, jitter: float) -> float:
     """Exponential backoff, capped, with `jitter` in [0, 1) spreading it over [d/2, d)."""
     delay = min(cap, base * (2 ** max(0, attempt - 1)))
@@ -74,6 +85,7 @@ def process(
     extra_args: tuple[Any, ...] = (),
     ahead_since: str | None = None,
     attempts: int = 0,
+    credential_retries: int = 0,
     redelivered: bool = False,
 ) -> str:
     """Process one orchestration message; raise RetryLater or DeadLetter, else return a summary."""
@@ -84,46 +96,54 @@ def process(
             )
         request = parse_request(payload)
     except InvalidRequest as exc:
-        _dead_letter(rt, f"{exc} ({describe_payload(payload)})")
+        _dead_letter(
+            rt, "invalid_message", f"{exc} ({describe_payload(payload)})", None, message_key
+        )
     workflow_id = request["id"]
+
+    def dead(kind: str, reason: str) -> None:
+        _dead_letter(rt, kind, reason, workflow_id, message_key)
+
     try:
         if redelivered:
             _bound_redeliveries(rt, workflow_id, message_key)
         with rt.locks.hold(workflow_id):
             return _transition(rt, request, message_key, ahead_since)
+    except CredentialsRejected as exc:
+        # A configuration error, not this message's: keep it, however long it takes.
+        _retry_later(
+            rt,
+            workflow_id,
+            credential_retries + 1,
+            exc,
+            attempts=attempts,
+            credential_retries=credential_retries + 1,
+            ahead_since=ahead_since,
+        )
     except TRANSIENT as exc:
         attempts += 1
         if attempts > rt.settings.max_retries:
-            _dead_letter(
-                rt,
+            dead(
+                "gave_up",
                 f"Gave up on a message for workflow {workflow_id} after {attempts - 1} "
                 f"retries: {exc}",
             )
-        delay = backoff_delay(
-            attempts,
-            rt.settings.retry_backoff_seconds,
-            rt.settings.retry_backoff_max,
-            random.random(),
-        )
-        logger.warning(
-            "workflow %s: transient failure (attempt %d), retrying in %.2f s: %s",
-            workflow_id,
-            attempts,
-            delay,
-            exc,
-        )
-        raise RetryLater(delay, str(exc), attempts=attempts, ahead_since=ahead_since) from exc
+        _retry_later(rt, workflow_id, attempts, exc, attempts=attempts, ahead_since=ahead_since)
     except ManagerNotFound as exc:
-        _dead_letter(rt, f"Workflow {workflow_id} does not exist in the Manager ({exc.call})")
+        dead(
+            "unknown_workflow", f"Workflow {workflow_id} does not exist in the Manager ({exc.call})"
+        )
     except ManagerError as exc:
-        _dead_letter(rt, f"The Manager refused a call for workflow {workflow_id}: {exc}")
+        dead("manager_refused", f"The Manager refused a call for workflow {workflow_id}: {exc}")
     except (RetryLater, DeadLetter):
         raise
     except Exception as exc:
         logger.exception("workflow %s: unexpected error", workflow_id)
-        _dead_letter(
-            rt, f"Unexpected error processing workflow {workflow_id}: {type(exc).__name__}: {exc}"
+        dead(
+            "unexpected_error",
+            f"Unexpected error processing workflow {workflow_id}: {type(exc).__name__}: {exc}",
         )
+    raise AssertionError("unreachable")  # every branch above returns or raises
 
 
 def _bound_redeliveries(rt: Runtime, workflow_id: str, message_key: str) -> None:
@@ -132,8 +152,11 @@ def _bound_redeliveries(rt: Runtime, workflow_id: str, message_key: str) -> None
     if count > rt.settings.max_redeliveries:
         _dead_letter(
             rt,
+            "gave_up",
             f"A message for workflow {workflow_id} was redelivered {count} times (its worker "
             "died while processing it each time); it is set aside",
+            workflow_id,
+            message_key,
         )
 
 
@@ -144,8 +167,9 @@ def _transition(
     stored = rt.manager.get_workflow(workflow_id)
     crash_point("after_load", workflow_id)
     now = rt.clock()
+    state = state_fingerprint(stored)
     if classify(stored, request)[0] is None:  # it will be applied: maybe a redo
-        first = rt.locks.transition_time(workflow_id, state_fingerprint(stored), to_iso(now))
+        first = rt.locks.transition_time(workflow_id, state, to_iso(now))
         now = parse_instant(first) or now
     decision = transition(
         stored,
@@ -169,13 +193,9 @@ def _transition(
             ahead_since=ahead_since or to_iso(now),
         )
     if decision.outcome is Outcome.INCONSISTENT:
-        _dead_letter(rt, decision.summary)
+        _dead_letter(rt, "inconsistent_message", decision.summary, workflow_id, message_key)
     assert decision.workflow is not None
-    for effect in decision.before_save:
-        if isinstance(effect, WorkerRequest):
-            rt.publisher.worker_request(effect)
-        elif isinstance(effect, EmailNotification):
-            rt.publisher.email(effect, workflow_id)
+    _publish_before_save(rt, workflow_id, state, decision.before_save)
     crash_point("after_publish", workflow_id)
     rt.manager.save_workflow(workflow_id, decision.workflow)
     crash_point("after_save", workflow_id)
@@ -185,32 +205,58 @@ def _transition(
         except PublishError as exc:
             logger.warning("workflow %s: a chat notification was not sent: %s", workflow_id, exc)
     for event in decision.system_events:
-        rt.report_problem(event.message)
+        rt.report_problem(
+            "manager_refused", event.message, workflow_id=workflow_id, message_id=message_key
+        )
     logger.info("workflow %s: %s", workflow_id, decision.summary)
     return decision.summary
 
 
-def _dead_letter(rt: Runtime, reason: str) -> None:
+def _publish_before_save(
+    rt: Runtime, workflow_id: str, state: str, effects: tuple[Any, ...]
+) -> None:
+    """Publish what must not be lost, once per stored state: when the save that follows
+    fails and the transition is redone from the same state, what was published then is
+    not sent again (workers do not de-duplicate by task id)."""
+    remembered = (rt.locks.recall(workflow_id, "published") or "").split()
+    done = set(remembered[1:]) if remembered[:1] == [state] else set()
+    for effect in effects:
+        if effect.task_id in done:
+            logger.info(
+                "workflow %s: task %s was published before a failed save; not sent again",
+                workflow_id,
+                effect.task_id,
+            )
+            continue
+        if isinstance(effect, WorkerRequest):
+            rt.publisher.worker_request(effect)
+        elif isinstance(effect, EmailNotification):
+            rt.publisher.email(effect, workflow_id)
+        done.add(effect.task_id)
+        rt.locks.remember(workflow_id, "published", " ".join([state, *sorted(done)]))
+
+
+def _dead_letter(
+    rt: Runtime, kind: str, reason: str, workflow_id: str | None, message_key: str
+) -> None:
     logger.error("%s; the message goes to the dead-letter queue", reason)
-    rt.report_problem(reason)
+    rt.report_problem(kind, reason, workflow_id=workflow_id, message_id=message_key)
     raise DeadLetter(reason)
 
 
-@app.task(
-    bind=True,
-    name=ORCHESTRATE_TASK,
-    shared=False,  # other Celery apps in the process (peers, tests) must not get it
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    max_retries=None,
-)
+class OrchestrateTask(Task):
+    """The orchestration task's class: its requests dead-letter what they reject."""
+
+    Request = "workflow_orchestrator.consumer:OrchestrationRequest"
+
+
 def orchestrate(
     self: Task,
     payload: Any = None,
     *extra_args: Any,
     ahead_since: str | None = None,
     attempts: int = 0,
+    credential_retries: int = 0,
     **_: Any,
 ) -> str:
     """Take one orchestration message (a workflow start or a worker's report)."""
@@ -219,12 +265,13 @@ def orchestrate(
     try:
         with transition_context(workflow_id=workflow_id, step=step, task_id=self.request.id):
             return process(
-                get_runtime(),
+                self.app.runtime,
                 payload,
                 message_key=self.request.id,
                 extra_args=extra_args,
-                ahead_since=ahead_since,
-                attempts=attempts,
+                ahead_since=ahead_since if isinstance(ahead_since, str) else None,
+                attempts=attempts if isinstance(attempts, int) else 0,
+                credential_retries=credential_retries if isinstance(credential_retries, int) else 0,
                 redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
             )
     except RetryLater as later:
@@ -239,3 +286,17 @@ def orchestrate(
         raise Reject(str(dead), requeue=False) from None
     except OrchestratorError as exc:  # a setting or something equally fatal
         raise Reject(str(exc), requeue=False) from None
+
+
+def register_tasks(app: Celery) -> Task:
+    """Register the orchestration task on `app` under its configured name."""
+    return app.task(
+        bind=True,
+        base=OrchestrateTask,
+        name=app.settings.orchestrate_task,
+        shared=False,  # other Celery apps in the process (peers, tests) must not get it
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        max_retries=None,
+    )(orchestrate)

@@ -208,6 +208,13 @@ def classify(stored: dict[str, Any], message: dict[str, Any]) -> tuple[Outcome |
     return None, ""
 
 
+def _no_empty_step(fields: dict[str, Any]) -> dict[str, Any]:
+    """OpenAperture's own saves write `current_step: ""` for "no step yet"."""
+    if fields.get("current_step") == "":
+        return {**fields, "current_step": None}
+    return fields
+
+
 def transition(
     stored: dict[str, Any],
     message: dict[str, Any],
@@ -225,6 +232,7 @@ def transition(
     ids deterministic: the same workflow run and step always get the same id.
     `ahead_since` is when this message was first found ahead of the store.
     """
+    stored, message = _no_empty_step(stored), _no_empty_step(message)
     outcome, why = classify(stored, message)
     if outcome is Outcome.AHEAD:
         waited = (now - ahead_since).total_seconds() if ahead_since else 0.0

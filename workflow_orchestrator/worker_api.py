@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+import socket
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery, bootsteps
-from kombu import Exchange, Queue
+from kombu import Queue
 
-from .notifications import room_names
+from .manager import ManagerClient, fit_workload
+from .notifications import chat_note, room_names
 from .publisher import PUBLISH_RETRY_POLICY, describe
-from .queues import orchestration_queue as _declared_orchestration_queue
+from .queues import plain_queue
 
 logger = logging.getLogger("workflow_orchestrator.worker_api")
 
@@ -42,6 +45,8 @@ __all__ = [
     "execute_workflow",
     "publish_failure_notification",
     "publish_success_notification",
+    "register",
+    "save",
     "step_completed",
     "step_failed",
     "worker_app",
@@ -69,20 +74,11 @@ def _log_event(request: dict[str, Any], message: str) -> None:
     ]
 
 
-def _plain_queue(name: str) -> Queue:
-    """A durable queue on a direct exchange of the same name, as Celery declares routed queues."""
-    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
-
-
-def _destination(app: Celery, name: str, orchestration: bool) -> str | Queue:
-    """The app's own declaration of `name` when it has one, else a matching one.
-
-    Celery declares the queue it publishes to; the orchestration queue carries
-    dead-letter arguments, and a declaration without them is refused by RabbitMQ.
-    """
+def _destination(app: Celery, name: str) -> str | Queue:
+    """The app's own declaration of `name` when it has one, else the plain Celery one."""
     if name in app.amqp.queues:
         return name
-    return _declared_orchestration_queue(name) if orchestration else _plain_queue(name)
+    return plain_queue(name)
 
 
 def _send(
@@ -114,7 +110,7 @@ def _report_back(
     return _send(
         app,
         orchestrate_task,
-        _destination(app, queue, orchestration=True),
+        _destination(app, queue),
         request,
         describe(request, event),
     )
@@ -128,16 +124,11 @@ def _notify(
     hipchat_task: str,
     hipchat_queue: str,
 ) -> str:
-    payload = {
-        "is_success": is_success,
-        "prefix": worker_prefix(request),
-        "message": message,
-        "room_names": room_names(request),
-    }
+    payload = chat_note(worker_prefix(request), message, is_success, room_names(request))
     return _send(
         app,
         hipchat_task,
-        _destination(app, hipchat_queue, orchestration=False),
+        _destination(app, hipchat_queue),
         payload,
         describe(request, "notification"),
     )
@@ -176,24 +167,37 @@ def step_failed(
 ) -> str:
     """Report the step as failed, which fails the workflow; returns the callback's task id.
 
-    Logs `message` and `Workflow step failed: {reason}`, sends a failure chat
-    notification (best effort: a chat outage must not leave the workflow hanging), then
-    reports back with `workflow_error` and `workflow_completed` set.
+    As OpenAperture's `workflow_orchestrator_api`: logs `reason`, then `message`, sends
+    `message` as a failure chat notification (best effort: a chat outage must not
+    leave the workflow hanging), then reports back with `workflow_error` and
+    `workflow_completed` set.
     """
     request = _copy(request)
     request["workflow_error"] = True
     request["workflow_completed"] = True
-    if message:
-        _log_event(request, message)
-    _log_event(request, f"Workflow step failed: {reason}")
-    chat = f"{message} (reason: {reason})" if message else f"Workflow step failed: {reason}"
+    _log_event(request, reason)
+    _log_event(request, message)
     try:
-        _notify(app, request, chat, False, hipchat_task, hipchat_queue)
+        _notify(app, request, message, False, hipchat_task, hipchat_queue)
     except Exception:  # the report back below matters more than the chat line
         logger.exception(
             "could not send the failure notification of workflow %s", request.get("id")
         )
     return _report_back(app, request, "failed", orchestrate_task, orchestration_queue)
+
+
+def _publish_notification(
+    app: Celery,
+    request: dict[str, Any],
+    message: str,
+    is_success: bool,
+    hipchat_task: str,
+    hipchat_queue: str,
+) -> dict[str, Any]:
+    request = _copy(request)
+    _log_event(request, message)
+    _notify(app, request, message, is_success, hipchat_task, hipchat_queue)
+    return request
 
 
 def publish_success_notification(
@@ -203,9 +207,10 @@ def publish_success_notification(
     *,
     hipchat_task: str = HIPCHAT_TASK,
     hipchat_queue: str = HIPCHAT_QUEUE,
-) -> str:
-    """Post a success line to the workflow's chat rooms; returns the task id."""
-    return _notify(app, _copy(request), message, True, hipchat_task, hipchat_queue)
+) -> dict[str, Any]:
+    """A progress line: appended to the request's event log (so it reaches the workflow
+    with the report) and posted to the workflow's chat rooms; returns the updated request."""
+    return _publish_notification(app, request, message, True, hipchat_task, hipchat_queue)
 
 
 def publish_failure_notification(
@@ -215,9 +220,89 @@ def publish_failure_notification(
     *,
     hipchat_task: str = HIPCHAT_TASK,
     hipchat_queue: str = HIPCHAT_QUEUE,
-) -> str:
-    """Post a failure line to the workflow's chat rooms; returns the task id."""
-    return _notify(app, _copy(request), message, False, hipchat_task, hipchat_queue)
+) -> dict[str, Any]:
+    """A failure line, logged and posted like `publish_success_notification`."""
+    return _publish_notification(app, request, message, False, hipchat_task, hipchat_queue)
+
+
+def save(manager: ManagerClient, request: dict[str, Any]) -> None:
+    """`PUT /workflows/{id}` of the request's workflow fields, as OpenAperture's builder
+    does on receipt, so the Manager shows the step's progress before the report."""
+    workflow_id = request.get("id")
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ValueError("the request has no workflow id")
+    manager.save_workflow(workflow_id, request)
+
+
+class ModuleRegistration:
+    """A worker's module record in the Manager, kept alive by a heartbeat thread.
+
+    OpenAperture's Overseer marks a module inactive when its record is ten minutes old
+    and then deletes it; the orchestrator then fails workflows for lack of a builder.
+    """
+
+    def __init__(
+        self,
+        manager: ManagerClient,
+        exchange_id: str | int,
+        module_type: str,
+        *,
+        hostname: str | None = None,
+        interval: float = 30.0,
+        workload: Callable[[], list[Any]] = list,
+    ) -> None:
+        self.manager = manager
+        self.exchange_id = exchange_id
+        self.module_type = module_type
+        self.hostname = hostname or socket.gethostname()
+        self.interval = interval
+        self.workload = workload
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"register-{module_type}", daemon=True
+        )
+
+    def record(self, status: str) -> dict[str, Any]:
+        workload = fit_workload(list(self.workload())) if status == "active" else []
+        return {
+            "hostname": self.hostname,
+            "type": self.module_type,
+            "status": status,
+            "workload": workload,
+        }
+
+    def start(self) -> ModuleRegistration:
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.manager.register_module(self.exchange_id, self.record("active"))
+            except Exception as exc:  # noqa: BLE001 - a refused heartbeat costs a line
+                logger.warning("could not register %s with the Manager: %s", self.module_type, exc)
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        """Stop the heartbeat and register once more as `inactive`."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        try:
+            self.manager.register_module(self.exchange_id, self.record("inactive"))
+        except Exception as exc:  # noqa: BLE001 - shutting down anyway
+            logger.warning("could not register %s as inactive: %s", self.module_type, exc)
+
+
+def register(
+    manager: ManagerClient,
+    exchange_id: str | int,
+    module_type: str,
+    **options: Any,
+) -> ModuleRegistration:
+    """Register this worker's module (e.g. `builder`) and keep it alive; `.stop()` at exit."""
+    return ModuleRegistration(manager, exchange_id, module_type, **options).start()
 
 
 def execute_workflow(
@@ -250,7 +335,7 @@ def execute_workflow(
     return _send(
         app,
         orchestrate_task,
-        _destination(app, queue, orchestration=True),
+        _destination(app, queue),
         payload,
         describe(payload, "start"),
     )
@@ -277,23 +362,23 @@ def worker_app(
     *,
     queues: Sequence[str] = (),
     orchestration_queue: str = ORCHESTRATION_QUEUE,
-    orchestration_error_queue: str = "",
     orchestrate_task: str = ORCHESTRATE_TASK,
 ) -> Celery:
     """A Celery app for a peer worker that reports back to the orchestrator.
 
     JSON only (the bus is shared), at-least-once (acks late, prefetch 1, confirmed
     publishes), its own `queues` as plain durable queues, and the orchestration queue
-    declared exactly as the orchestrator declares it, so publishing to it is accepted
-    by RabbitMQ (`orchestration_error_queue` must match the orchestrator's
-    ERROR_QUEUE_NAME; empty means `{orchestration_queue}_error`); that queue is never
-    consumed by this worker.
+    declared as any Celery client declares it; that queue is never consumed by this
+    worker. The app uses `broker_url` whatever CELERY_BROKER_URL says.
     """
     if isinstance(queues, str):
         raise TypeError("queues must be a list of queue names, not a string")
-    own = [_plain_queue(q) for q in queues]
+    own = [plain_queue(q) for q in queues]
     settings: dict[str, Any] = {
+        # Celery prefers CELERY_BROKER_URL over broker_url; the read/write URLs win.
         "broker_url": broker_url,
+        "broker_read_url": broker_url,
+        "broker_write_url": broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {"confirm_publish": True},
         "task_serializer": "json",
@@ -304,10 +389,7 @@ def worker_app(
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
-        "task_queues": [
-            *own,
-            _declared_orchestration_queue(orchestration_queue, orchestration_error_queue),
-        ],
+        "task_queues": [*own, plain_queue(orchestration_queue)],
         "task_routes": {orchestrate_task: {"queue": orchestration_queue}},
         PUBLISH_ONLY_SETTING: [orchestration_queue],
     }

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 from kombu import Connection
 
+from tests.services import PrivateRabbitNode, ServiceError
 from tests.support import (
     OrchestratorProcess,
     WorkerProcess,
@@ -35,7 +37,6 @@ from workflow_orchestrator.settings import Settings
 from workflow_orchestrator.transition import email_task_id
 from workflow_orchestrator.worker_api import worker_app
 
-BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 SECRET = f"secret-{uuid.uuid4().hex}"
 EMAIL_CONFIG = {"email": {"events": {"on_workflow_completed": ["ops@example.com"]}}}
 
@@ -102,7 +103,9 @@ class FaultSystem:
     def caller(self) -> Any:
         if self._caller is None:
             self._caller = worker_app(
-                "fault-caller", BROKER_URL, orchestration_queue=self.settings.queue_name
+                "fault-caller",
+                self.settings.celery_broker_url,
+                orchestration_queue=self.settings.queue_name,
             )
         return self._caller
 
@@ -153,7 +156,7 @@ class FaultSystem:
 
     def dead_letters(self) -> list[Any]:
         out = []
-        with Connection(BROKER_URL) as conn:
+        with Connection(self.settings.celery_broker_url) as conn:
             queue = error_queue(self.settings.error_queue_name)(conn.default_channel)
             while (message := queue.get(no_ack=True)) is not None:
                 out.append(message)
@@ -197,6 +200,7 @@ class FaultSystem:
 def make_system(
     emulator: ManagerEmulator,
     *,
+    broker_url: str,
     orchestrators: int = 1,
     pool: str = "threads",
     concurrency: int = 4,
@@ -216,11 +220,11 @@ def make_system(
         **settings_changes,  # a scenario's own values win
     }
     settings = system_settings(
-        emulator, secret=SECRET, prefix=f"wo_fault_{tag}", broker_url=BROKER_URL, **options
+        emulator, secret=SECRET, prefix=f"wo_fault_{tag}", broker_url=broker_url, **options
     )
     record = Path(tempfile.mkstemp(prefix="wo-peers-", suffix=".jsonl")[1])
     peers_env = {
-        "CELERY_BROKER_URL": BROKER_URL,
+        "CELERY_BROKER_URL": broker_url,
         "PEERS_RECORD": str(record),
         "PEERS_DUPLICATE": "1" if duplicate else "0",
         "PEERS_BUILDER_QUEUE": settings.builder_queue,
@@ -240,34 +244,79 @@ def make_system(
     return FaultSystem(emulator, settings, processes, peers, record)
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[ManagerEmulator]:
+@contextmanager
+def seeded_emulator(broker_url: str) -> Iterator[ManagerEmulator]:
+    """The Manager emulator of a fault system on `broker_url`: one exchange with a
+    builder and a deployer, one build and one deploy cluster."""
     manager = ManagerEmulator(
-        client_id="orchestrator", client_secret=SECRET, broker_url=BROKER_URL
+        client_id="orchestrator", client_secret=SECRET, broker_url=broker_url
     ).start()
-    manager.add_exchange("1", name="local")
-    manager.add_module("1", "builder", hostname="builder-1")
-    manager.add_module("1", "deployer", hostname="deployer-1")
-    manager.add_cluster("build-cluster-1", 1, allow_docker_builds=True)
-    manager.add_cluster("deploy-cluster-1", 1)
-    yield manager
-    manager.stop()
+    try:
+        manager.add_exchange("1", name="local")
+        manager.add_module("1", "builder", hostname="builder-1")
+        manager.add_module("1", "deployer", hostname="deployer-1")
+        manager.add_cluster("build-cluster-1", 1, allow_docker_builds=True)
+        manager.add_cluster("deploy-cluster-1", 1)
+        yield manager
+    finally:
+        manager.stop()
 
 
-@pytest.fixture
-def build_system(emulator: ManagerEmulator) -> Iterator[Any]:
+@contextmanager
+def system_builder(emulator: ManagerEmulator, broker_url: str) -> Iterator[Any]:
+    """`build(**options)` starts a fault system on `broker_url`; every one is stopped and
+    its queues deleted when the block ends."""
     made: list[FaultSystem] = []
 
     def build(**options: Any) -> FaultSystem:
-        system = make_system(emulator, **options)
+        system = make_system(emulator, broker_url=broker_url, **options)
         made.append(system)
         return system.start()
 
-    yield build
-    for system in made:
-        system.stop()
-        delete_test_queues(BROKER_URL, system.settings)
-        emulator.reset_faults()
+    try:
+        yield build
+    finally:
+        for system in made:
+            system.stop()
+            delete_test_queues(broker_url, system.settings)
+            emulator.reset_faults()
+
+
+@pytest.fixture(scope="module")
+def emulator(broker_url: str) -> Iterator[ManagerEmulator]:
+    with seeded_emulator(broker_url) as manager:
+        yield manager
+
+
+@pytest.fixture
+def build_system(emulator: ManagerEmulator, broker_url: str) -> Iterator[Any]:
+    """Fault systems on the session's own virtual host of the machine's broker."""
+    with system_builder(emulator, broker_url) as build:
+        yield build
+
+
+@pytest.fixture
+def private_rabbit() -> Iterator[PrivateRabbitNode]:
+    """A RabbitMQ node of this test's own, which it may stop and start: the machine's
+    broker and its other clients are never disturbed. Stopped and removed afterwards."""
+    node = PrivateRabbitNode()
+    try:
+        node.start()
+    except ServiceError as exc:
+        pytest.fail(f"could not start a private RabbitMQ node for the test: {exc}")
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def build_private_system(private_rabbit: PrivateRabbitNode) -> Iterator[Any]:
+    """Like `build_system`, but the whole system (emulator, orchestrators, peers) uses
+    the test's private RabbitMQ node; it is stopped before the node is."""
+    with seeded_emulator(private_rabbit.url) as manager:
+        with system_builder(manager, private_rabbit.url) as build:
+            yield build
 
 
 def report(name: str, figures: dict[str, Any]) -> None:

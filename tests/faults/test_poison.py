@@ -15,7 +15,7 @@ from kombu import Connection, Exchange, Producer
 
 from tests.support import wait_for
 
-from .conftest import BROKER_URL, EMAIL_CONFIG, FaultSystem, report
+from .conftest import EMAIL_CONFIG, FaultSystem, report
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30)
@@ -107,7 +107,7 @@ RAW_BODIES = [
 
 
 def publish_raw(system: FaultSystem, body: bytes, with_task_header: bool) -> None:
-    with Connection(BROKER_URL) as conn:
+    with Connection(system.settings.celery_broker_url) as conn:
         producer = Producer(
             conn.default_channel, exchange=Exchange(system.settings.queue_name, "direct")
         )
@@ -247,3 +247,113 @@ def test_a_message_failing_transiently_forever_is_dead_lettered(build_system) ->
         "Manager failing forever for one message",
         {"workflows": 1, "lost": 0, "faults": 5, "dead_lettered": 1},
     )
+
+
+#: Celery's own headers, each given a random JSON value: the shapes a confused or
+#: hostile publisher can produce. (`eta` and `expires` get no strings, so a generated
+#: value is never a real date: an expired task is Celery's to drop, by design.)
+CELERY_HEADERS = (
+    "lang",
+    "root_id",
+    "parent_id",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "shadow",
+    "ignore_result",
+    "stamped_headers",
+    "stamps",
+    "replaced_task_nesting",
+)
+NOT_A_DATE = st.one_of(
+    json_scalars.filter(lambda v: not isinstance(v, str)), st.lists(json_scalars)
+)
+
+
+@st.composite
+def raw_envelopes(draw: st.DrawFn, task: str) -> tuple[dict[str, Any], bytes]:
+    """Headers and a body that name the orchestration task but are no valid call of it."""
+    headers: dict[str, Any] = {"task": task}
+    if draw(st.integers(0, 9)):  # usually an id, sometimes none or a wrong one
+        headers["id"] = str(uuid.uuid4())
+    elif draw(st.booleans()):
+        headers["id"] = draw(json_scalars)
+    for name in draw(st.lists(st.sampled_from(CELERY_HEADERS), max_size=4, unique=True)):
+        headers[name] = draw(json_values)
+    if draw(st.integers(0, 4)) == 0:
+        headers[draw(st.sampled_from(["eta", "expires"]))] = draw(NOT_A_DATE)
+    shape = draw(st.sampled_from(["json", "triple", "bytes"]))
+    if shape == "bytes":
+        return headers, draw(st.binary(max_size=64))
+    if shape == "triple":  # Celery's shape, wrong parts
+        body: Any = [draw(json_values), draw(json_values), draw(json_values)]
+    else:
+        body = draw(json_values)
+    return headers, json.dumps(body).encode()
+
+
+#: The shapes a new user saw kill the worker on every restart.
+REPORTED_BODIES = [b'{"id": "x"}', b'[[{"id": "x"}], {}]', b'"just a string"', b"null"]
+
+
+def test_malformed_envelopes_never_stop_the_worker(build_system) -> None:
+    from workflow_orchestrator.envelope import message_identity
+
+    system = build_system(concurrency=4)
+    task = system.settings.orchestrate_task
+    sent: list[tuple[dict[str, Any], bytes]] = [
+        ({"task": task, "id": str(uuid.uuid4())}, body) for body in REPORTED_BODIES
+    ]
+
+    @settings(
+        max_examples=1,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(st.lists(raw_envelopes(task), min_size=150, max_size=150))
+    def corpus(envelopes: list[tuple[dict[str, Any], bytes]]) -> None:
+        sent.extend(envelopes)
+
+    corpus()
+    with Connection(system.settings.celery_broker_url) as conn:
+        producer = Producer(
+            conn.default_channel, exchange=Exchange(system.settings.queue_name, "direct")
+        )
+        for headers, body in sent:
+            producer.publish(
+                body,
+                routing_key=system.settings.queue_name,
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers=headers,
+            )
+    good = system.start_workflows(2, notifications_config=EMAIL_CONFIG)
+    system.wait_all_completed(good, timeout=90)
+    dead: list[Any] = []
+    wait_for(
+        lambda: dead.extend(system.dead_letters()) or len(dead) >= len(sent),
+        120,
+        f"{len(sent)} dead letters",
+    )
+    assert len(dead) == len(sent)
+    assert all(o.alive() for o in system.orchestrators) and system.restarts == 0
+    # bodies unchanged (py-amqp hands a body that decodes as UTF-8 over as text)
+    received = [m.body if isinstance(m.body, bytes) else m.body.encode() for m in dead]
+    assert sorted(received) == sorted(body for _, body in sent)
+    for message in dead:
+        assert message.headers["x-orchestrator-dead-letter-reason"]
+        assert message.headers["x-orchestrator-dead-lettered-at"].startswith("20")
+        assert message.headers["task"] == task  # the original headers are kept
+    identities = {message_identity(headers, body) for headers, body in sent}
+
+    def reported() -> set[str]:
+        return {e["data"].get("message_id") for e in system.emulator.system_events()}
+
+    wait_for(lambda: identities <= reported(), 60, "a system event for every bad message")
+    system.check(good)
+    report("malformed envelopes (hypothesis)", {"faults": len(sent), "dead_lettered": len(dead)})

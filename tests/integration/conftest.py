@@ -31,7 +31,6 @@ from workflow_orchestrator.queues import error_queue
 from workflow_orchestrator.settings import Settings
 from workflow_orchestrator.worker_api import step_completed, step_failed, worker_app
 
-BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 SUFFIX = uuid.uuid4().hex[:8]
 CLIENT_SECRET = f"secret-{uuid.uuid4().hex}"
 
@@ -61,7 +60,7 @@ class Recorder:
 def build_peers(settings: Settings, recorder: Recorder) -> Celery:
     peers = worker_app(
         "test-peers",
-        BROKER_URL,
+        settings.celery_broker_url,
         queues=[
             settings.builder_queue,
             settings.deployer_queue,
@@ -170,7 +169,7 @@ class System:
     def dead_letters(self) -> list[Any]:
         """Drain the dead-letter queue; returns the raw kombu messages' bodies."""
         out = []
-        with Connection(BROKER_URL) as conn:
+        with Connection(self.settings.celery_broker_url) as conn:
             queue = error_queue(self.settings.error_queue_name)(conn.default_channel)
             while True:
                 message = queue.get(no_ack=True)
@@ -180,17 +179,11 @@ class System:
 
 
 @pytest.fixture(scope="package")  # its in-process peer worker must be gone before others start
-def system() -> Iterator[System]:
-    try:
-        with Connection(BROKER_URL, connect_timeout=3) as conn:
-            conn.ensure_connection(max_retries=1)
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"RabbitMQ is not reachable at {BROKER_URL}: {exc}")
-
+def system(broker_url: str) -> Iterator[System]:
     emulator = ManagerEmulator(
         client_id="orchestrator",
         client_secret=CLIENT_SECRET,
-        broker_url=BROKER_URL,
+        broker_url=broker_url,
         queue_name=unique("orchestration"),
     ).start()
     emulator.add_exchange("1", name="local")
@@ -209,7 +202,7 @@ def system() -> Iterator[System]:
         emulator,
         secret=CLIENT_SECRET,
         prefix=f"wo_it_{SUFFIX}",
-        broker_url=BROKER_URL,
+        broker_url=broker_url,
         ui_url="http://ui.example",
         hostname=f"orchestrator-{SUFFIX}",
         manager_read_timeout=5.0,
@@ -219,7 +212,7 @@ def system() -> Iterator[System]:
     recorder = Recorder()
     peers = build_peers(settings, recorder)
     caller = worker_app(
-        "test-caller", BROKER_URL, queues=[], orchestration_queue=settings.queue_name
+        "test-caller", broker_url, queues=[], orchestration_queue=settings.queue_name
     )
     try:
         wait_registered(emulator, orchestrator, settings.hostname)
@@ -228,4 +221,4 @@ def system() -> Iterator[System]:
     finally:
         orchestrator.stop()
     emulator.stop()
-    delete_test_queues(BROKER_URL, settings)
+    delete_test_queues(broker_url, settings)

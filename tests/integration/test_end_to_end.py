@@ -14,7 +14,7 @@ from kombu import Connection, Exchange, Producer
 from tests.support import wait_for
 from workflow_orchestrator.transition import email_task_id
 
-from .conftest import BROKER_URL, System
+from .conftest import System
 
 EMAIL_CONFIG = {
     "hipchat": {"room_names": ["Deploys"]},
@@ -218,17 +218,17 @@ def test_scheduled_in_the_past_and_a_few_seconds_ahead(system: System) -> None:
     system.start(soon)
     assert system.wait_completed(past)["workflow_error"] is False
     assert "Workflow is now scheduled to start" in system.events(past)
-    started = time.monotonic()
     wf = system.wait_completed(soon, timeout=30)
     assert wf["workflow_error"] is False
     events = system.events(soon)
     waiting = [e for e in events if e.startswith("Workflow is not scheduled to start until")]
+    stored_at = wf["scheduled_start_time"]  # the Manager writes its own zone name back
+    assert stored_at == soon_at.replace(" GMT", " UTC")
     assert waiting and waiting[0].startswith(
-        f"Workflow is not scheduled to start until {soon_at} ("
+        f"Workflow is not scheduled to start until {stored_at} ("
     )
     assert "Workflow is now scheduled to start" in events
     assert events.index(waiting[0]) < events.index("Workflow is now scheduled to start")
-    assert time.monotonic() - started < 25
     (request,) = system.recorder.requests[soon]
     assert request[0] == "builder.build"
 
@@ -297,7 +297,7 @@ def test_poison_messages_are_dead_lettered_and_the_worker_goes_on(system: System
     system.caller.send_task(
         "workflow_orchestrator.no_such_task", args=[{}], queue=system.settings.queue_name
     )
-    with Connection(BROKER_URL) as conn:
+    with Connection(system.settings.celery_broker_url) as conn:
         producer = Producer(
             conn.default_channel, exchange=Exchange(system.settings.queue_name, "direct")
         )
@@ -317,21 +317,70 @@ def test_poison_messages_are_dead_lettered_and_the_worker_goes_on(system: System
         lambda: dead.extend(system.dead_letters()) or len(dead) >= expected, what="dead letters"
     )
     assert len(dead) == expected
-    events = wait_for(
-        lambda: [
-            e
-            for e in system.emulator.system_events()
-            if "dead-letter" in e["message"].lower()
-            or "does not exist" in e["message"]
-            or "invalid orchestration request" in e["message"]
-        ],
-        what="system events",
-    )
-    messages = " | ".join(e["message"] for e in system.emulator.system_events())
-    assert "field 'milestones' must be a list or null, got a string" in messages
-    assert "field 'current_step' must be a string or null, got an integer" in messages
-    assert f"Workflow {unknown} does not exist in the Manager" in messages
-    assert "undecodable" in messages
+    reasons = [m.headers["x-orchestrator-dead-letter-reason"] for m in dead]
+    assert all(m.headers.get("x-orchestrator-dead-lettered-at") for m in dead)
+    assert any("names task 'workflow_orchestrator.no_such_task'" in r for r in reasons), reasons
+    assert any("the body cannot be decoded" in r for r in reasons), reasons
+    raw = [m for m in dead if m.body == b"\xff\xfe not utf-8 \x80"]
+    assert len(raw) == 1 and raw[0].headers["task"] == system.settings.orchestrate_task
+    wanted = {
+        "field 'milestones' must be a list or null, got a string": "invalid_message",
+        "field 'current_step' must be a string or null, got an integer": "invalid_message",
+        f"Workflow {unknown} does not exist in the Manager": "unknown_workflow",
+        "the body cannot be decoded": "invalid_message",
+        "names task 'workflow_orchestrator.no_such_task', which this worker does not run": (
+            "invalid_message"
+        ),
+    }
+
+    def found() -> dict[str, dict]:
+        events = system.emulator.system_events()
+        return {text: event for text in wanted for event in events if text in event["message"]}
+
+    wait_for(lambda: len(found()) == len(wanted), what="a system event for each bad message")
+    events = list(found().values())
+    assert {text: e["data"]["kind"] for text, e in found().items()} == wanted
     assert all(e["type"] == "unhandled_exception" for e in events)
     assert all(e["data"]["component"] == "workflow_orchestration" for e in events)
+    assert found()[f"Workflow {unknown} does not exist in the Manager"]["data"]["workflow_id"] == (
+        unknown
+    )
     assert system.settings.oauth_client_secret not in json.dumps(system.emulator.system_events())
+
+
+def test_a_vanilla_celery_caller_starts_a_workflow(system: System) -> None:
+    """Celery's defaults, a broker URL and nothing of ours: one plain send_task."""
+    from celery import Celery
+
+    caller = Celery(
+        "vanilla-caller", broker=system.settings.celery_broker_url, set_as_current=False
+    )
+    workflow_id = system.new_workflow(["build", "deploy"])
+    caller.send_task(
+        system.settings.orchestrate_task,
+        args=[{"id": workflow_id}],
+        queue=system.settings.queue_name,
+    )
+    done = system.wait_completed(workflow_id)
+    assert done["workflow_error"] is False
+    assert "Workflow completed in " in " ".join(system.events(workflow_id))
+
+
+def test_credentials_refused_while_running_keep_the_messages(system: System) -> None:
+    """Credentials rotated under a running worker: each retry says which settings, no
+    message is dead-lettered, and the work completes once the credentials work again."""
+    system.dead_letters()
+    workflow_id = system.new_workflow(["build"])
+    system.emulator.expire_tokens()
+    system.emulator.fail_for(4, status=401, include_token=True)
+    system.start(workflow_id)
+    wait_for(
+        lambda: system.orchestrator.log().count("OAUTH_CLIENT_SECRET") >= 2,
+        what="retries naming the credentials settings",
+    )
+    done = system.wait_completed(workflow_id)
+    assert done["workflow_error"] is False
+    assert system.dead_letters() == []
+    lines = [line for line in system.orchestrator.log().splitlines() if "OAUTH_CLIENT" in line]
+    assert all("retrying in" in line for line in lines), lines
+    assert system.settings.oauth_client_secret not in system.orchestrator.log()

@@ -16,7 +16,6 @@ from workflow_orchestrator.transition import (
     EmailNotification,
     EngineConfig,
     Outcome,
-    SystemEvent,
     WorkerRequest,
     email_task_id,
     transition,
@@ -209,8 +208,12 @@ def test_empty_milestones_complete_at_once() -> None:
 
 
 def test_missing_milestones_complete_at_once() -> None:
+    """No milestone list means no step: nothing is left, so the workflow completes."""
     decision = run(stored_workflow(milestones=None), {"id": WID})
     assert decision.workflow["workflow_completed"] is True
+    assert decision.workflow["workflow_error"] is False
+    assert lines(decision) == ["Starting workflow...", "Workflow completed in 0 second(s)"]
+    assert requests(decision) == []
 
 
 def test_worker_reported_completion_finishes() -> None:
@@ -474,34 +477,30 @@ def test_scheduled_in_the_past_continues_in_the_same_transition() -> None:
 
 
 @pytest.mark.parametrize(
-    ("ahead", "remain", "countdown", "poll"),
-    [(5.2, 6, 6, 600), (3 * 3600, 10800, 600, 600), (90.5, 91, 30, 30)],
+    ("stamp", "remain", "countdown", "poll"),
+    [
+        ("Fri, 27 Nov 2026 06:00:06 GMT", 6, 6, 600),  # 5.15 s left: rounded up, not to 5
+        ("Fri, 27 Nov 2026 09:00:00 GMT", 10800, 600, 600),  # capped by the poll interval
+        ("Fri, 27 Nov 2026 06:01:31 GMT", 91, 30, 30),
+    ],
 )
 def test_scheduled_in_the_future_reenqueues(
-    ahead: float, remain: int, countdown: int, poll: int
+    stamp: str, remain: int, countdown: int, poll: int
 ) -> None:
-    when = (NOW + timedelta(seconds=ahead)).strftime("%a, %d %b %Y %H:%M:%S.%f")
-    when = when[: when.rindex(".")]  # RFC 1123 has whole seconds
-    # the workflow time is whole seconds; recompute what is really left
-    start = datetime.strptime(when, "%a, %d %b %Y %H:%M:%S").replace(tzinfo=timezone.utc)
-    left = (start - NOW).total_seconds()
-    import math
-
-    stamp = f"{when} GMT"
     config = EngineConfig(schedule_poll_seconds=poll)
     decision = run(
         stored_workflow(milestones=["scheduled", "build"], scheduled_start_time=stamp),
         {"id": WID},
         config=config,
+        now=datetime(2026, 11, 27, 6, 0, 0, 850000, tzinfo=timezone.utc),
     )
     assert lines(decision)[-1] == (
-        f"Workflow is not scheduled to start until {stamp} ({math.ceil(left)} seconds remain).  "
-        f"Next evaluation will occur in {math.ceil(min(left, poll))} seconds"
+        f"Workflow is not scheduled to start until {stamp} ({remain} seconds remain).  "
+        f"Next evaluation will occur in {countdown} seconds"
     )
-    assert abs(math.ceil(left) - remain) <= 1 and abs(math.ceil(min(left, poll)) - countdown) <= 1
     (request,) = requests(decision)
     assert (request.task, request.queue) == (config.orchestrate_task, config.queue_name)
-    assert request.countdown == math.ceil(min(left, poll))
+    assert request.countdown == countdown
     assert request.payload["current_step"] == "scheduled"
     assert decision.workflow["workflow_completed"] is False
 
@@ -667,10 +666,6 @@ def test_saved_view_always_carries_workflow_completed() -> None:
     assert "id" not in body and "step_time" not in body
 
 
-def test_system_event_kind() -> None:
-    assert SystemEvent("x").message == "x"
-
-
 def test_recipients_expand_groups_and_keep_other_entries_as_they_are() -> None:
     config = {
         "email": {
@@ -705,3 +700,27 @@ def test_build_cluster_is_fixed_per_run_and_spread_over_runs() -> None:
     assert len({chosen(WID, started) for _ in range(5)}) == 1
     runs = {chosen(f"00000000-0000-4000-8000-{i:012d}", started) for i in range(40)}
     assert runs == {"build-0", "build-1", "build-2"}
+
+
+@pytest.mark.parametrize(
+    ("stored_step", "message_step"), [("", None), (None, ""), ("", ""), ("", "ignored-absent")]
+)
+def test_an_empty_current_step_means_no_step(stored_step: Any, message_step: Any) -> None:
+    message: dict[str, Any] = {"id": WID}
+    if message_step != "ignored-absent":
+        message["current_step"] = message_step
+    decision = run(stored_workflow(current_step=stored_step), message)
+    assert decision.outcome is Outcome.APPLIED
+    assert lines(decision)[:2] == ["Starting workflow...", "Starting Workflow Milestone: build"]
+    assert requests(decision)[0].payload["current_step"] == "build"
+
+
+def test_chats_carry_the_rooms_where_notifications_reads_them() -> None:
+    rooms = {"hipchat": {"room_names": ["Deploys", "Team A"]}}
+    decision = run(stored_workflow(), {"id": WID, "notifications_config": rooms})
+    chats = [e.payload for e in decision.effects if isinstance(e, ChatNotification)]
+    assert chats and all(c["room_names"] == ["Deploys", "Team A"] for c in chats)
+    assert all(c["notifications"] == {"hipchat_rooms": ["Deploys", "Team A"]} for c in chats)
+    plain = run(stored_workflow(), {"id": WID})
+    chats = [e.payload for e in plain.effects if isinstance(e, ChatNotification)]
+    assert all(c["room_names"] is None and "notifications" not in c for c in chats)

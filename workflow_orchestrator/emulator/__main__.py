@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token-ttl", type=float, default=3600.0, help="token lifetime, seconds")
     p.add_argument("--broker-url", default=None, help="AMQP URL used by /workflows/{id}/execute")
     p.add_argument("--queue-name", default="workflow_orchestration")
-    p.add_argument("--error-queue-name", default="")
+    p.add_argument("--error-queue-name", default="", help="ignored (kept for old callers)")
+    p.add_argument("--exchange-id", default="1", help="the Manager's own EXCHANGE_ID")
+    p.add_argument("--broker-id", default="1", help="the Manager's own BROKER_ID")
     p.add_argument("--orchestrate-task", default="workflow_orchestrator.orchestrate")
     p.add_argument("--db", default=":memory:", help="SQLite file (default: in memory)")
     p.add_argument(
@@ -204,12 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         queue_name=args.queue_name,
         error_queue_name=args.error_queue_name,
         db_path=args.db,
+        exchange_id=args.exchange_id,
+        broker_id=args.broker_id,
     )
     if args.seed:
         try:
             with open(args.seed, encoding="utf-8") as fh:
                 emulator.seed(json.load(fh))
-        except (OSError, ValueError, KeyError, TypeError, Conflict) as exc:
+        except (OSError, ValueError, KeyError, TypeError, LookupError, Conflict) as exc:
             hint = " (the --db file already holds it?)" if isinstance(exc, Conflict) else ""
             print(f"cannot load seed {args.seed}: {exc}{hint}", file=sys.stderr)
             return 2

@@ -1,11 +1,10 @@
-"""SQLite storage of the Manager emulator, shaped like the real (Elixir/Ecto) Manager.
+"""SQLite storage of the Manager emulator, table for table as the real Manager's PostgreSQL.
 
-Workflows get one column per persisted field, and ``milestones``,
-``workflow_step_durations``, ``event_log`` and ``execute_options`` are JSON *text*
-columns, encoded on write and decoded on read, because that is what the real Manager
-does and what a client must survive (a string sent for one of them is stored verbatim).
-The registry (clusters, exchanges, modules, brokers) and system events are kept as JSON
-documents with a few indexed columns: only their HTTP shape matters.
+Every table has the columns of OpenAperture/manager's migrations (``columns.py`` for
+workflows; the registry and system events below), integer ids where the real one has
+serial ids, and the varchar sizes that make PostgreSQL refuse an over-long value
+(``Overflow``). Values arrive here already cast by the route (``columns.cast``); the store
+only checks sizes, keeps rows and renders them the way the real controllers do.
 
 One connection, guarded by a lock, serves every server thread.
 """
@@ -13,150 +12,203 @@ One connection, guarded by a lock, serves every server thread.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
-import uuid
+from datetime import datetime
 from typing import Any
 
-from ..workflow import JSON_TEXT_FIELDS, WORKFLOW_FIELDS
-
-_BOOL_FIELDS = ("workflow_error", "workflow_completed")
-_TEXT_FIELDS = tuple(
-    f for f in WORKFLOW_FIELDS if f not in JSON_TEXT_FIELDS and f not in _BOOL_FIELDS and f != "id"
+from .columns import (
+    COLUMNS_BY_NAME,
+    RENDERED_FIELDS,
+    WORKFLOW_TABLE,
+    Column,
+    Overflow,
+    now_text,
+    poison_decode,
+    render_datetime,
+    store_datetime,
 )
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS workflows (
-    id TEXT PRIMARY KEY,
-    {", ".join(f"{name} TEXT" for name in _TEXT_FIELDS + JSON_TEXT_FIELDS)},
-    {", ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in _BOOL_FIELDS)},
-    inserted_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    inserted_epoch REAL NOT NULL
-);
+#: First id of the exchange-broker join rows: kept apart from broker ids, so a client that
+#: reads the row's ``id`` where it means ``messaging_broker_id`` fails visibly.
+EXCHANGE_BROKER_FIRST_ID = 101
+
+_SQL_TYPES = {
+    "uuid": "TEXT PRIMARY KEY",
+    "string": "TEXT",
+    "text": "TEXT",
+    "json_text": "TEXT",
+    "boolean": "INTEGER",
+    "datetime": "TEXT",
+}
+_WORKFLOWS = (
+    "CREATE TABLE IF NOT EXISTS workflows (\n    "
+    + ",\n    ".join(f"{c.name} {_SQL_TYPES[c.kind]}" for c in WORKFLOW_TABLE)
+    + ",\n    inserted_at TEXT NOT NULL,\n    updated_at TEXT NOT NULL\n);\n"
+)
+_SCHEMA = (
+    _WORKFLOWS
+    + f"""
+CREATE INDEX IF NOT EXISTS workflows_deployment_repo ON workflows (deployment_repo);
 CREATE TABLE IF NOT EXISTS workflow_puts (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     workflow_id TEXT NOT NULL,
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS workflow_puts_by_id ON workflow_puts (workflow_id, seq);
-CREATE TABLE IF NOT EXISTS exchanges (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,
-    data TEXT NOT NULL
+CREATE TABLE IF NOT EXISTS messaging_exchanges (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    failover_exchange_id INTEGER,
+    parent_exchange_id INTEGER,
+    routing_key_fragment TEXT,
+    inserted_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS clusters (
+CREATE TABLE IF NOT EXISTS etcd_clusters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    etcd_token TEXT NOT NULL UNIQUE,
-    exchange_key TEXT,
-    allow_docker_builds INTEGER NOT NULL DEFAULT 0,
-    data TEXT NOT NULL
+    etcd_token TEXT NOT NULL,
+    name TEXT,
+    hosting_provider_id INTEGER,
+    allow_docker_builds INTEGER,
+    messaging_exchange_id INTEGER,
+    inserted_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS modules (
+CREATE TABLE IF NOT EXISTS messaging_exchange_modules (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    exchange_key TEXT NOT NULL,
+    messaging_exchange_id INTEGER NOT NULL,
     hostname TEXT NOT NULL,
     type TEXT NOT NULL,
-    data TEXT NOT NULL,
-    UNIQUE (exchange_key, hostname, type)
+    status TEXT NOT NULL,
+    workload TEXT NOT NULL,
+    source_repo TEXT,
+    source_repo_git_ref TEXT,
+    deployment_repo TEXT,
+    deployment_repo_git_ref TEXT,
+    inserted_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS brokers (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,
-    exchange_key TEXT,
-    data TEXT NOT NULL
+CREATE TABLE IF NOT EXISTS messaging_brokers (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    failover_broker_id INTEGER,
+    inserted_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS broker_connections (
+CREATE TABLE IF NOT EXISTS messaging_broker_connections (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    broker_key TEXT NOT NULL,
-    data TEXT NOT NULL
+    messaging_broker_id INTEGER NOT NULL,
+    username TEXT NOT NULL,
+    password TEXT NOT NULL,
+    password_keyname TEXT,
+    host TEXT NOT NULL,
+    virtual_host TEXT NOT NULL,
+    port INTEGER,
+    inserted_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS messaging_exchange_brokers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    messaging_exchange_id INTEGER NOT NULL,
+    messaging_broker_id INTEGER NOT NULL,
+    inserted_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'messaging_exchange_brokers', {EXCHANGE_BROKER_FIRST_ID - 1}
+    WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'messaging_exchange_brokers');
 CREATE TABLE IF NOT EXISTS system_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     type TEXT,
     message TEXT,
-    created_epoch REAL NOT NULL,
-    data TEXT NOT NULL
+    severity TEXT,
+    data TEXT,
+    dismissed_at TEXT,
+    dismissed_by_id INTEGER,
+    dismissed_reason TEXT,
+    assigned_at TEXT,
+    assignee_id INTEGER,
+    assigned_by_id INTEGER,
+    inserted_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
 );
 """
+)
 
-
-class StoreError(ValueError):
-    """A body the real Manager's changeset would reject (answered 400)."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        self.field = field
-        self.problem = problem
-        super().__init__(f"{field} {problem}")
+#: varchar sizes of the registry and event tables (Ecto's ``:string`` is varchar(255)).
+SIZES: dict[str, dict[str, int]] = {
+    "messaging_exchanges": {"name": 1024, "routing_key_fragment": 255},
+    "etcd_clusters": {"etcd_token": 255, "name": 255},
+    "messaging_exchange_modules": {
+        "hostname": 255,
+        "type": 255,
+        "status": 255,
+        "workload": 255,
+        "source_repo": 128,
+        "source_repo_git_ref": 256,
+        "deployment_repo": 128,
+        "deployment_repo_git_ref": 256,
+    },
+    "messaging_brokers": {"name": 255},
+    "messaging_broker_connections": {
+        "username": 255,
+        "password": 255,
+        "password_keyname": 255,
+        "host": 255,
+        "virtual_host": 255,
+    },
+    "system_events": {"type": 255, "severity": 255, "dismissed_reason": 255},
+}
+_INT_TEXT = re.compile(r"^[+-]?\d+$")
 
 
 class Conflict(Exception):
-    """The thing already exists, or the workflow cannot be executed (answered 409)."""
+    """The row already exists (a seeding mistake, or the real Manager's 409)."""
 
 
-def rfc1123(epoch: float | None = None) -> str:
-    """``Mon, 17 Aug 2015 20:03:02 UTC``: how the Manager renders Ecto timestamps."""
-    t = time.gmtime(time.time() if epoch is None else epoch)
-    return (
-        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} UTC"
-    )
+class NotNull(ValueError):
+    """A NOT NULL column left empty: PostgreSQL refuses the row (the real Manager's 500)."""
 
 
-def _key(value: Any) -> str:
-    """Ids in paths are strings; rows are keyed by the string form of any JSON id."""
-    return str(value)
+class BrokenHierarchy(LookupError):
+    """An exchange whose parent chain is dangling or circular (the real Manager crashes)."""
 
 
-def _encode_json_text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
+def integer_id(value: Any, what: str) -> int:
+    """An id as the real Manager keeps it (serial integer); ValueError for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    return json.dumps(value)
+    if isinstance(value, str) and _INT_TEXT.match(value):
+        return int(value)
+    raise ValueError(f"{what} ids are integers in the real Manager, not {value!r}")
 
 
-def _decode_json_text(value: str | None) -> Any:
+def _check_sizes(table: str, values: dict[str, Any]) -> None:
+    for name, size in SIZES.get(table, {}).items():
+        value = values.get(name)
+        if isinstance(value, str) and len(value) > size:
+            raise Overflow(name, size)
+
+
+def _check_workflow_sizes(values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        column = COLUMNS_BY_NAME.get(name)
+        if column is not None and column.size is not None:
+            if isinstance(value, str) and len(value) > column.size:
+                raise Overflow(name, column.size)
+
+
+def _to_sql(column: Column, value: Any) -> Any:
     if value is None:
         return None
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
-def _cast_bool(name: str, value: Any) -> int:
-    # Ecto's boolean cast: booleans and their usual string spellings.
-    if value is None:
-        return 0
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str) and value.lower() in ("true", "1", "false", "0"):
-        return int(value.lower() in ("true", "1"))
-    raise StoreError(name, "is invalid")
-
-
-def _cast_text(name: str, value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise StoreError(name, "is invalid")
-
-
-def workflow_columns(fields: dict[str, Any], *, defaults: bool) -> dict[str, Any]:
-    """Client JSON -> column values; unknown keys are dropped like Ecto's cast does."""
-    out: dict[str, Any] = {}
-    for name in _TEXT_FIELDS:
-        if name in fields:
-            out[name] = _cast_text(name, fields[name])
-    for name in JSON_TEXT_FIELDS:
-        if name in fields:
-            out[name] = _encode_json_text(fields[name])
-    for name in _BOOL_FIELDS:
-        # A PUT that omits workflow_completed (or workflow_error) sets it to false.
-        if name in fields or defaults:
-            out[name] = _cast_bool(name, fields.get(name))
-    return out
+    if column.kind == "boolean":
+        return int(bool(value))
+    if column.kind == "datetime":
+        return store_datetime(value) if isinstance(value, datetime) else value
+    return value
 
 
 class Store:
@@ -177,17 +229,12 @@ class Store:
 
     # -- workflows -------------------------------------------------------------------
 
-    def insert_workflow(self, fields: dict[str, Any]) -> str:
-        """A new workflow; the id is generated (uuid4) when absent. Conflict if it exists."""
-        wid = fields.get("id")
-        if wid is None:
-            wid = str(uuid.uuid4())
-        if not isinstance(wid, str) or not wid:
-            raise StoreError("id", "is invalid")
-        columns = workflow_columns(fields, defaults=True)
-        now = time.time()
-        columns.update(id=wid, inserted_at=rfc1123(now), updated_at=rfc1123(now))
-        columns["inserted_epoch"] = now
+    def insert_workflow(self, workflow_id: str, values: dict[str, Any]) -> None:
+        """A new row from cast values; Overflow or Conflict refuse it whole."""
+        _check_workflow_sizes(values)
+        now = now_text()
+        columns = {n: _to_sql(COLUMNS_BY_NAME[n], v) for n, v in values.items()}
+        columns.update(id=workflow_id, inserted_at=now, updated_at=now)
         names = ", ".join(columns)
         marks = ", ".join("?" for _ in columns)
         with self._lock:
@@ -196,37 +243,15 @@ class Store:
                     f"INSERT INTO workflows ({names}) VALUES ({marks})", tuple(columns.values())
                 )
             except sqlite3.IntegrityError:
-                raise Conflict(f"workflow {wid} already exists") from None
-        return wid
+                raise Conflict(f"workflow {workflow_id} already exists") from None
 
-    def get_workflow(self, workflow_id: str) -> dict[str, Any] | None:
-        """The workflow as the Manager renders it (JSON-text fields decoded), or None."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM workflows WHERE id = ?", (workflow_id,)
-            ).fetchone()
-        return None if row is None else self._render_workflow(row)
-
-    def list_workflows(
-        self, lookback_hours: float = 0, deployment_repo: str | None = None
-    ) -> list[dict[str, Any]]:
-        """Workflows in insertion order; ``lookback_hours`` 0 means all of them."""
-        sql = "SELECT * FROM workflows WHERE 1 = 1"
-        args: list[Any] = []
-        if lookback_hours > 0:
-            sql += " AND inserted_epoch >= ?"
-            args.append(time.time() - lookback_hours * 3600)
-        if deployment_repo:
-            sql += " AND deployment_repo = ?"
-            args.append(deployment_repo)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY rowid", args).fetchall()
-        return [self._render_workflow(row) for row in rows]
-
-    def update_workflow(self, workflow_id: str, body: dict[str, Any]) -> bool:
-        """Apply a PUT body; False when the workflow is unknown. Records the body."""
-        columns = workflow_columns(body, defaults=True)
-        columns["updated_at"] = rfc1123()
+    def update_workflow(
+        self, workflow_id: str, values: dict[str, Any], body: dict[str, Any] | None = None
+    ) -> bool:
+        """Set the given columns (the others stay); False when unknown. Records ``body``."""
+        _check_workflow_sizes(values)
+        columns = {n: _to_sql(COLUMNS_BY_NAME[n], v) for n, v in values.items()}
+        columns["updated_at"] = now_text()
         assignments = ", ".join(f"{name} = ?" for name in columns)
         with self._lock:
             cursor = self._db.execute(
@@ -235,11 +260,41 @@ class Store:
             )
             if cursor.rowcount == 0:
                 return False
-            self._db.execute(
-                "INSERT INTO workflow_puts (workflow_id, body) VALUES (?, ?)",
-                (workflow_id, json.dumps(body)),
-            )
+            if body is not None:
+                self._db.execute(
+                    "INSERT INTO workflow_puts (workflow_id, body) VALUES (?, ?)",
+                    (workflow_id, json.dumps(body)),
+                )
         return True
+
+    def workflow_row(self, workflow_id: str) -> dict[str, Any] | None:
+        """The row exactly as stored (JSON text still text), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM workflows WHERE id = ?", (workflow_id,)
+            ).fetchone()
+        return None if row is None else dict(row)
+
+    def get_workflow(self, workflow_id: str) -> dict[str, Any] | None:
+        """The workflow as ``GET /workflows/{id}`` renders it, or None (Undecodable: 500)."""
+        row = self.workflow_row(workflow_id)
+        return None if row is None else render_workflow(row)
+
+    def list_workflows(
+        self, lookback_hours: int = 0, deployment_repo: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Workflows in insertion order; ``lookback_hours`` 0 or less means all of them."""
+        sql = "SELECT * FROM workflows WHERE 1 = 1"
+        args: list[Any] = []
+        if lookback_hours > 0:
+            sql += " AND inserted_at >= ?"
+            args.append(now_text(time.time() - lookback_hours * 3600))
+        if deployment_repo:
+            sql += " AND deployment_repo = ?"
+            args.append(deployment_repo)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY rowid", args).fetchall()
+        return [render_workflow(dict(row)) for row in rows]
 
     def delete_workflow(self, workflow_id: str) -> bool:
         """Remove a workflow; False when it is unknown."""
@@ -255,306 +310,440 @@ class Store:
             ).fetchall()
         return [json.loads(row["body"]) for row in rows]
 
-    def begin_execution(self, workflow_id: str, options: dict[str, Any]) -> bool:
-        """Check and record an execute request atomically.
-
-        False when the workflow is unknown; Conflict when it has started or completed
-        (the real Manager's 409 rule); else ``execute_options`` is stored.
-        """
-        with self._lock:
-            row = self._db.execute(
-                "SELECT current_step, workflow_completed FROM workflows WHERE id = ?",
-                (workflow_id,),
-            ).fetchone()
-            if row is None:
-                return False
-            if row["workflow_completed"]:
-                raise Conflict("Workflow has already completed")
-            if row["current_step"] is not None:
-                raise Conflict("Workflow has already been started")
-            self._db.execute(
-                "UPDATE workflows SET execute_options = ?, updated_at = ? WHERE id = ?",
-                (json.dumps(options), rfc1123(), workflow_id),
-            )
-        return True
-
-    def raw_workflow_row(self, workflow_id: str) -> dict[str, Any] | None:
-        """The row exactly as stored (JSON-text columns still text), for inspection."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM workflows WHERE id = ?", (workflow_id,)
-            ).fetchone()
-        return None if row is None else dict(row)
-
-    @staticmethod
-    def _render_workflow(row: sqlite3.Row) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in WORKFLOW_FIELDS:
-            value = row[name]
-            if name in JSON_TEXT_FIELDS:
-                value = _decode_json_text(value)
-            elif name in _BOOL_FIELDS:
-                value = bool(value)
-            out[name] = value
-        out["inserted_at"] = row["inserted_at"]
-        out["updated_at"] = row["updated_at"]
-        return out
-
     # -- exchanges -------------------------------------------------------------------
 
-    def add_exchange(self, exchange: dict[str, Any]) -> dict[str, Any]:
-        """A new exchange; an absent id becomes the next integer. Conflict if it exists."""
-        given = exchange.get("id")
-        if given is not None and (isinstance(given, bool) or not isinstance(given, (str, int))):
-            raise StoreError("id", "is invalid")
-        with self._lock:
-            data = dict(exchange)
-            if data.get("id") is None:
-                row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM exchanges").fetchone()
-                data["id"] = row[0]
-                while self._get("exchanges", _key(data["id"])) is not None:
-                    data["id"] += 1
-            now = rfc1123()
-            data.setdefault("name", "")
-            data.setdefault("failover_exchange_id", None)
-            data.setdefault("parent_exchange_id", None)
-            data.setdefault("routing_key_fragment", None)
-            data.setdefault("inserted_at", now)
-            data.setdefault("updated_at", now)
-            try:
-                self._db.execute(
-                    "INSERT INTO exchanges (key, data) VALUES (?, ?)",
-                    (_key(data["id"]), json.dumps(data)),
-                )
-            except sqlite3.IntegrityError:
-                raise Conflict(f"exchange {data['id']} already exists") from None
-        return data
+    def add_exchange(self, values: dict[str, Any], exchange_id: int | None = None) -> int:
+        """A new exchange (next id when none is given); Conflict if the id exists."""
+        _check_sizes("messaging_exchanges", values)
+        now = now_text()
+        row = {
+            "id": exchange_id,
+            "name": values.get("name"),
+            "failover_exchange_id": values.get("failover_exchange_id"),
+            "parent_exchange_id": values.get("parent_exchange_id"),
+            "routing_key_fragment": values.get("routing_key_fragment"),
+            "inserted_at": now,
+            "updated_at": now,
+        }
+        if row["name"] is None:
+            raise NotNull("name")
+        return self._insert("messaging_exchanges", row, f"exchange {exchange_id}")
 
-    def ensure_exchange(self, exchange_id: Any) -> dict[str, Any]:
-        """The exchange, created with defaults when unknown (seeding convenience)."""
-        with self._lock:
-            found = self.get_exchange(_key(exchange_id))
-            return found if found is not None else self.add_exchange({"id": exchange_id})
+    def exchange_row(self, exchange_id: int) -> dict[str, Any] | None:
+        """One exchange row, or None."""
+        return self._one("SELECT * FROM messaging_exchanges WHERE id = ?", (exchange_id,))
 
-    def get_exchange(self, exchange_id: str) -> dict[str, Any] | None:
-        """One exchange by (string) id."""
-        return self._get("exchanges", _key(exchange_id))
+    def exchange_named(self, name: str) -> dict[str, Any] | None:
+        """The first exchange with that name, or None."""
+        return self._one("SELECT * FROM messaging_exchanges WHERE name = ?", (name,))
+
+    def get_exchange(self, exchange_id: int) -> dict[str, Any] | None:
+        """An exchange as the Manager renders it (routing key resolved), or None."""
+        row = self.exchange_row(exchange_id)
+        return None if row is None else self._render_exchange(row)
 
     def list_exchanges(self) -> list[dict[str, Any]]:
-        """Every exchange in insertion order."""
-        return self._all("SELECT data FROM exchanges ORDER BY seq")
+        """Every exchange, by id."""
+        rows = self._rows("SELECT * FROM messaging_exchanges ORDER BY id")
+        return [self._render_exchange(row) for row in rows]
+
+    def _render_exchange(self, row: dict[str, Any]) -> dict[str, Any]:
+        routing_key, root = self._hierarchy(row)
+        return {
+            "id": row["id"],
+            "name": row["name"],
+            "failover_exchange_id": row["failover_exchange_id"],
+            "parent_exchange_id": row["parent_exchange_id"],
+            "routing_key_fragment": row["routing_key_fragment"],
+            "routing_key": "" if routing_key is None else routing_key,
+            "root_exchange_name": root["name"],
+            "inserted_at": render_datetime(row["inserted_at"]),
+            "updated_at": render_datetime(row["updated_at"]),
+        }
+
+    def _hierarchy(self, row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        # OpenAperture.Manager.RoutingKey.build_hierarchy: fragments joined up to the root;
+        # an exchange without a fragment restarts the key at its parent's fragment.
+        routing_key: str | None = None
+        seen: set[int] = set()
+        current: dict[str, Any] | None = row
+        root = row
+        while current is not None:
+            if current["id"] in seen:
+                raise BrokenHierarchy(f"exchange {row['id']} has a circular parent chain")
+            seen.add(current["id"])
+            fragment = current["routing_key_fragment"]
+            if routing_key is None:
+                routing_key = fragment
+            else:
+                routing_key = f"{fragment or ''}.{routing_key}"
+            root = current
+            parent = current["parent_exchange_id"]
+            if parent is None:
+                break
+            current = self.exchange_row(parent)
+            if current is None:
+                raise BrokenHierarchy(f"exchange {row['id']} has a missing parent {parent}")
+        return routing_key, root
 
     # -- clusters --------------------------------------------------------------------
 
-    def add_cluster(self, cluster: dict[str, Any]) -> dict[str, Any]:
-        """A new cluster; its ``messaging_exchange_id`` keeps its JSON type."""
-        token = cluster.get("etcd_token")
-        if not isinstance(token, str) or not token:
-            raise StoreError("etcd_token", "can't be blank")
-        allow = _cast_bool("allow_docker_builds", cluster.get("allow_docker_builds", False))
-        exchange_id = cluster.get("messaging_exchange_id")
+    def add_cluster(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A new etcd cluster row; returns it rendered."""
+        _check_sizes("etcd_clusters", values)
+        if values.get("etcd_token") is None:
+            raise NotNull("etcd_token")
+        now = now_text()
+        row = {
+            "id": None,
+            "etcd_token": values["etcd_token"],
+            "name": values.get("name"),
+            "hosting_provider_id": values.get("hosting_provider_id"),
+            "allow_docker_builds": _bool_sql(values.get("allow_docker_builds")),
+            "messaging_exchange_id": values.get("messaging_exchange_id"),
+            "inserted_at": now,
+            "updated_at": now,
+        }
         with self._lock:
-            data = dict(cluster)
-            now = rfc1123()
-            data["allow_docker_builds"] = bool(allow)
-            data.setdefault("messaging_exchange_id", None)
-            data.setdefault("hosting_provider_id", None)
-            data.setdefault("name", None)
-            data.setdefault("primary_ip", None)
-            data.setdefault("inserted_at", now)
-            data.setdefault("updated_at", now)
-            try:
-                cursor = self._db.execute(
-                    "INSERT INTO clusters (etcd_token, exchange_key, allow_docker_builds, data)"
-                    " VALUES (?, ?, ?, '{}')",
-                    (token, None if exchange_id is None else _key(exchange_id), allow),
-                )
-            except sqlite3.IntegrityError:
-                raise Conflict(f"cluster {token} already exists") from None
-            data = {"id": cursor.lastrowid, **{k: v for k, v in data.items() if k != "id"}}
-            self._db.execute(
-                "UPDATE clusters SET data = ? WHERE id = ?", (json.dumps(data), cursor.lastrowid)
-            )
-        return data
+            exchange = row["messaging_exchange_id"]
+            if exchange is not None and self.exchange_row(exchange) is None:
+                raise NotNull("messaging_exchange_id")  # a foreign key the database refuses
+            new_id = self._insert("etcd_clusters", row, "cluster")
+            found = self._one("SELECT * FROM etcd_clusters WHERE id = ?", (new_id,))
+        assert found is not None
+        return _render_cluster(found)
 
     def get_cluster(self, etcd_token: str) -> dict[str, Any] | None:
-        """One cluster by etcd token."""
-        rows = self._all("SELECT data FROM clusters WHERE etcd_token = ?", (etcd_token,))
-        return rows[0] if rows else None
+        """The first cluster whose token matches, case-insensitively (as the real query)."""
+        row = self._one(
+            "SELECT * FROM etcd_clusters WHERE lower(etcd_token) = lower(?) ORDER BY id LIMIT 1",
+            (etcd_token,),
+        )
+        return None if row is None else _render_cluster(row)
 
     def list_clusters(
-        self, exchange_id: str | None = None, allow_docker_builds: bool | None = None
+        self, exchange_id: int | None = None, allow_docker_builds: bool | None = None
     ) -> list[dict[str, Any]]:
-        """Clusters, optionally of one exchange and/or with the given docker-build flag."""
-        sql = "SELECT data FROM clusters WHERE 1 = 1"
+        """Clusters, optionally of one exchange and/or with the flag equal (SQL: NULL never is)."""
+        sql = "SELECT * FROM etcd_clusters WHERE 1 = 1"
         args: list[Any] = []
         if exchange_id is not None:
-            sql += " AND exchange_key = ?"
-            args.append(_key(exchange_id))
+            sql += " AND messaging_exchange_id = ?"
+            args.append(exchange_id)
         if allow_docker_builds is not None:
             sql += " AND allow_docker_builds = ?"
             args.append(int(allow_docker_builds))
-        return self._all(sql + " ORDER BY id", args)
+        return [_render_cluster(row) for row in self._rows(sql + " ORDER BY id", args)]
 
     # -- modules ---------------------------------------------------------------------
 
-    def upsert_module(self, exchange_id: str, module: dict[str, Any]) -> dict[str, Any]:
-        """Register a module; the same hostname + type in that exchange is replaced."""
-        for name in ("hostname", "type"):
-            if not isinstance(module.get(name), str) or not module[name]:
-                raise StoreError(name, "can't be blank")
-        with self._lock:
-            exchange = self.get_exchange(exchange_id)
-            if exchange is None:
-                raise KeyError(exchange_id)
-            now = rfc1123()
-            data = {
-                "messaging_exchange_id": exchange["id"],
-                "status": None,
-                "workload": None,
-                **{k: v for k, v in module.items() if k != "id"},
-                "inserted_at": now,
-                "updated_at": now,
-            }
-            self._db.execute(
-                "DELETE FROM modules WHERE exchange_key = ? AND hostname = ? AND type = ?",
-                (_key(exchange_id), data["hostname"], data["type"]),
-            )
-            cursor = self._db.execute(
-                "INSERT INTO modules (exchange_key, hostname, type, data) VALUES (?, ?, ?, '{}')",
-                (_key(exchange_id), data["hostname"], data["type"]),
-            )
-            data = {"id": cursor.lastrowid, **data}
-            self._db.execute(
-                "UPDATE modules SET data = ? WHERE id = ?", (json.dumps(data), cursor.lastrowid)
-            )
-        return data
+    def replace_module(self, exchange_id: int, values: dict[str, Any]) -> dict[str, Any]:
+        """Register a module: every module of that hostname in the exchange is replaced.
 
-    def list_modules(self, exchange_id: str) -> list[dict[str, Any]]:
-        """The modules of one exchange, oldest registration first."""
-        return self._all(
-            "SELECT data FROM modules WHERE exchange_key = ? ORDER BY id", (_key(exchange_id),)
+        As in the real controller the old rows are deleted first, in their own step, and
+        the insert may then fail (Overflow, NotNull): the hostname is left with no module.
+        """
+        now = now_text()
+        row = {
+            "id": None,
+            "messaging_exchange_id": exchange_id,
+            "hostname": values.get("hostname"),
+            "type": values.get("type"),
+            "status": values.get("status"),
+            "workload": values.get("workload"),
+            "source_repo": values.get("source_repo"),
+            "source_repo_git_ref": values.get("source_repo_git_ref"),
+            "deployment_repo": values.get("deployment_repo"),
+            "deployment_repo_git_ref": values.get("deployment_repo_git_ref"),
+            "inserted_at": now,
+            "updated_at": now,
+        }
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM messaging_exchange_modules"
+                " WHERE messaging_exchange_id = ? AND hostname IS ?",
+                (exchange_id, row["hostname"]),
+            )
+            _check_sizes("messaging_exchange_modules", row)
+            for name in ("hostname", "type", "status", "workload"):
+                if row[name] is None:
+                    raise NotNull(name)
+            new_id = self._insert("messaging_exchange_modules", row, "module")
+            found = self._one("SELECT * FROM messaging_exchange_modules WHERE id = ?", (new_id,))
+        assert found is not None
+        return _render_module(found)
+
+    def list_modules(self, exchange_id: int) -> list[dict[str, Any]]:
+        """The modules of one exchange, oldest registration first (Undecodable: 500)."""
+        rows = self._rows(
+            "SELECT * FROM messaging_exchange_modules WHERE messaging_exchange_id = ? ORDER BY id",
+            (exchange_id,),
         )
+        return [_render_module(row) for row in rows]
 
     # -- brokers ---------------------------------------------------------------------
 
-    def add_broker(self, broker: dict[str, Any], exchange_id: Any) -> dict[str, Any]:
-        """A new broker of an exchange. Conflict if the id exists."""
+    def add_broker(self, values: dict[str, Any], broker_id: int | None = None) -> dict[str, Any]:
+        """A new broker (next id when none is given); Conflict if the id exists."""
+        _check_sizes("messaging_brokers", values)
+        if values.get("name") is None:
+            raise NotNull("name")
+        now = now_text()
+        row = {
+            "id": broker_id,
+            "name": values["name"],
+            "failover_broker_id": values.get("failover_broker_id"),
+            "inserted_at": now,
+            "updated_at": now,
+        }
         with self._lock:
-            now = rfc1123()
-            data = {"name": "", "failover_broker_id": None, **broker}
-            data.setdefault("inserted_at", now)
-            data.setdefault("updated_at", now)
-            try:
-                self._db.execute(
-                    "INSERT INTO brokers (key, exchange_key, data) VALUES (?, ?, ?)",
-                    (_key(data["id"]), _key(exchange_id), json.dumps(data)),
-                )
-            except sqlite3.IntegrityError:
-                raise Conflict(f"broker {data['id']} already exists") from None
-        return data
+            new_id = self._insert("messaging_brokers", row, f"broker {broker_id}")
+            found = self.get_broker(new_id)
+        assert found is not None
+        return found
 
-    def get_broker(self, broker_id: str) -> dict[str, Any] | None:
-        """One broker by (string) id."""
-        return self._get("brokers", _key(broker_id))
+    def get_broker(self, broker_id: int) -> dict[str, Any] | None:
+        """A broker as ``GET /messaging/brokers/{id}`` renders it, or None."""
+        row = self._one("SELECT * FROM messaging_brokers WHERE id = ?", (broker_id,))
+        if row is None:
+            return None
+        return {
+            "id": row["id"],
+            "name": row["name"],
+            "inserted_at": render_datetime(row["inserted_at"]),
+            "failover_broker_id": row["failover_broker_id"],
+            "updated_at": render_datetime(row["updated_at"]),
+        }
 
-    def list_brokers(self, exchange_id: str) -> list[dict[str, Any]]:
-        """The brokers of one exchange."""
-        return self._all(
-            "SELECT data FROM brokers WHERE exchange_key = ? ORDER BY seq", (_key(exchange_id),)
+    def list_brokers(self) -> list[dict[str, Any]]:
+        """Every broker, by id."""
+        rows = self._rows("SELECT id FROM messaging_brokers ORDER BY id")
+        return [b for b in (self.get_broker(row["id"]) for row in rows) if b is not None]
+
+    def broker_named(self, name: str) -> dict[str, Any] | None:
+        """The first broker with that name, or None."""
+        return self._one("SELECT * FROM messaging_brokers WHERE name = ?", (name,))
+
+    def add_exchange_broker(self, exchange_id: int, broker_id: int) -> dict[str, Any]:
+        """A broker restriction of an exchange (a join row with its own id)."""
+        now = now_text()
+        row = {
+            "id": None,
+            "messaging_exchange_id": exchange_id,
+            "messaging_broker_id": broker_id,
+            "inserted_at": now,
+            "updated_at": now,
+        }
+        with self._lock:
+            if self._one(
+                "SELECT id FROM messaging_exchange_brokers"
+                " WHERE messaging_exchange_id = ? AND messaging_broker_id = ?",
+                (exchange_id, broker_id),
+            ):
+                raise Conflict(f"exchange {exchange_id} already lists broker {broker_id}")
+            new_id = self._insert("messaging_exchange_brokers", row, "exchange broker")
+        return _render_exchange_broker({**row, "id": new_id})
+
+    def exchange_brokers(self, exchange_id: int) -> list[dict[str, Any]]:
+        """The broker restrictions of one exchange, as join rows."""
+        rows = self._rows(
+            "SELECT * FROM messaging_exchange_brokers WHERE messaging_exchange_id = ? ORDER BY id",
+            (exchange_id,),
         )
+        return [_render_exchange_broker(row) for row in rows]
 
-    def add_broker_connection(self, broker_id: Any, connection: dict[str, Any]) -> dict[str, Any]:
-        """A connection option (host, port, credentials) of a broker."""
-        with self._lock:
-            now = rfc1123()
-            cursor = self._db.execute(
-                "INSERT INTO broker_connections (broker_key, data) VALUES (?, '{}')",
-                (_key(broker_id),),
-            )
-            data = {
-                "id": cursor.lastrowid,
-                "messaging_broker_id": broker_id,
-                "virtual_host": "/",
-                "ssl": False,
-                **connection,
-                "inserted_at": now,
-                "updated_at": now,
-            }
-            self._db.execute(
-                "UPDATE broker_connections SET data = ? WHERE id = ?",
-                (json.dumps(data), cursor.lastrowid),
-            )
-        return data
+    def add_broker_connection(self, broker_id: int, values: dict[str, Any]) -> dict[str, Any]:
+        """A connection option of a broker; NotNull/Overflow as the database would."""
+        _check_sizes("messaging_broker_connections", values)
+        for name in ("username", "password", "host", "virtual_host"):
+            if values.get(name) is None:
+                raise NotNull(name)
+        now = now_text()
+        row = {
+            "id": None,
+            "messaging_broker_id": broker_id,
+            "username": values["username"],
+            "password": values["password"],
+            "password_keyname": values.get("password_keyname"),
+            "host": values["host"],
+            "virtual_host": values["virtual_host"],
+            "port": values.get("port"),
+            "inserted_at": now,
+            "updated_at": now,
+        }
+        new_id = self._insert("messaging_broker_connections", row, "connection")
+        return _render_connection({**row, "id": new_id})
 
-    def list_broker_connections(self, broker_id: str) -> list[dict[str, Any]]:
+    def list_broker_connections(self, broker_id: int) -> list[dict[str, Any]]:
         """The connection options of one broker."""
-        return self._all(
-            "SELECT data FROM broker_connections WHERE broker_key = ? ORDER BY id",
-            (_key(broker_id),),
+        rows = self._rows(
+            "SELECT * FROM messaging_broker_connections WHERE messaging_broker_id = ? ORDER BY id",
+            (broker_id,),
         )
+        return [_render_connection(row) for row in rows]
 
     # -- system events ---------------------------------------------------------------
 
-    def add_system_event(
-        self, event: dict[str, Any], unique_window: float = 3600.0
-    ) -> dict[str, Any]:
-        """Store an event; Conflict when ``unique`` and the same type+message is recent."""
-        now = time.time()
-        with self._lock:
-            if event.get("unique") is True:
-                row = self._db.execute(
-                    "SELECT 1 FROM system_events WHERE type IS ? AND message IS ?"
-                    " AND created_epoch >= ?",
-                    (
-                        _text_or_none(event.get("type")),
-                        _text_or_none(event.get("message")),
-                        now - unique_window,
-                    ),
-                ).fetchone()
-                if row is not None:
-                    raise Conflict("SystemEvent")
-            cursor = self._db.execute(
-                "INSERT INTO system_events (type, message, created_epoch, data) VALUES (?, ?, ?, '{}')",
-                (_text_or_none(event.get("type")), _text_or_none(event.get("message")), now),
-            )
-            data = {
-                "id": cursor.lastrowid,
-                "type": event.get("type"),
-                "message": event.get("message"),
-                "severity": event.get("severity"),
-                "data": event.get("data"),
-                "inserted_at": rfc1123(now),
-                "updated_at": rfc1123(now),
-                "dismissed_at": None,
-                "assigned_at": None,
-            }
-            self._db.execute(
-                "UPDATE system_events SET data = ? WHERE id = ?",
-                (json.dumps(data), cursor.lastrowid),
-            )
-        return data
+    def add_system_event(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Store an event (type, message, severity, data as JSON text); Overflow refuses it."""
+        _check_sizes("system_events", values)
+        now = now_text()
+        row = {
+            "id": None,
+            "type": values.get("type"),
+            "message": values.get("message"),
+            "severity": values.get("severity"),
+            "data": values.get("data"),
+            "inserted_at": now,
+            "updated_at": now,
+        }
+        new_id = self._insert("system_events", row, "system event")
+        found = self._one("SELECT * FROM system_events WHERE id = ?", (new_id,))
+        assert found is not None
+        return _render_event(found)
 
-    def list_system_events(self, lookback_hours: float = 0) -> list[dict[str, Any]]:
-        """Events oldest first; ``lookback_hours`` 0 means all of them."""
-        since = time.time() - lookback_hours * 3600 if lookback_hours > 0 else 0.0
-        return self._all(
-            "SELECT data FROM system_events WHERE created_epoch >= ? ORDER BY id", (since,)
+    def recent_event_rows(self, since_epoch: float, type_: str) -> list[dict[str, Any]]:
+        """Raw rows of one type inserted since then (the unique check reads their data)."""
+        return self._rows(
+            "SELECT * FROM system_events WHERE inserted_at >= ? AND type = ? ORDER BY id",
+            (now_text(since_epoch), type_),
         )
+
+    def list_system_events(self, lookback_hours: int = 0) -> list[dict[str, Any]]:
+        """Events oldest first; ``lookback_hours`` 0 or less means all of them."""
+        if lookback_hours > 0:
+            rows = self._rows(
+                "SELECT * FROM system_events WHERE inserted_at >= ? ORDER BY id",
+                (now_text(time.time() - lookback_hours * 3600),),
+            )
+        else:
+            rows = self._rows("SELECT * FROM system_events ORDER BY id")
+        return [_render_event(row) for row in rows]
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _get(self, table: str, key: str) -> dict[str, Any] | None:
-        rows = self._all(f"SELECT data FROM {table} WHERE key = ?", (key,))
-        return rows[0] if rows else None
+    def _insert(self, table: str, row: dict[str, Any], what: str) -> int:
+        values = {k: v for k, v in row.items() if not (k == "id" and v is None)}
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._lock:
+            try:
+                cursor = self._db.execute(
+                    f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(values.values())
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"{what} already exists") from None
+        assert cursor.lastrowid is not None
+        return int(cursor.lastrowid)
 
-    def _all(self, sql: str, args: Any = ()) -> list[dict[str, Any]]:
+    def _one(self, sql: str, args: Any = ()) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(sql, tuple(args)).fetchone()
+        return None if row is None else dict(row)
+
+    def _rows(self, sql: str, args: Any = ()) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(sql, tuple(args)).fetchall()
-        return [json.loads(row["data"]) for row in rows]
+        return [dict(row) for row in rows]
 
 
-def _text_or_none(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else json.dumps(value)
+# -- rendering (the controllers' ``to_sendable`` field lists) ------------------------------
+
+
+def render_workflow(row: dict[str, Any]) -> dict[str, Any]:
+    """A workflows row as the Workflows controller sends it (Undecodable: its GET is a 500)."""
+    out: dict[str, Any] = {}
+    for name in RENDERED_FIELDS:
+        value = row[name]
+        if name in ("inserted_at", "updated_at", "scheduled_start_time"):
+            value = render_datetime(value)
+        else:
+            column = COLUMNS_BY_NAME[name]
+            if column.kind == "json_text":
+                value = poison_decode(value)
+            elif column.kind == "boolean":
+                value = None if value is None else bool(value)
+        out[name] = value
+    return out
+
+
+def _bool_sql(value: Any) -> int | None:
+    return None if value is None else int(bool(value))
+
+
+def _render_cluster(row: dict[str, Any]) -> dict[str, Any]:
+    allow = row["allow_docker_builds"]
+    return {
+        "id": row["id"],
+        "etcd_token": row["etcd_token"],
+        "name": row["name"],
+        "hosting_provider_id": row["hosting_provider_id"],
+        "allow_docker_builds": None if allow is None else bool(allow),
+        "messaging_exchange_id": row["messaging_exchange_id"],
+        "inserted_at": render_datetime(row["inserted_at"]),
+        "updated_at": render_datetime(row["updated_at"]),
+    }
+
+
+def _render_module(row: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        name: row[name]
+        for name in (
+            "id",
+            "messaging_exchange_id",
+            "hostname",
+            "type",
+            "status",
+            "workload",
+            "source_repo",
+            "source_repo_git_ref",
+            "deployment_repo",
+            "deployment_repo_git_ref",
+        )
+    }
+    out["workload"] = poison_decode(row["workload"])
+    out["inserted_at"] = render_datetime(row["inserted_at"])
+    out["updated_at"] = render_datetime(row["updated_at"])
+    return out
+
+
+def _render_exchange_broker(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "messaging_exchange_id": row["messaging_exchange_id"],
+        "messaging_broker_id": row["messaging_broker_id"],
+        "inserted_at": render_datetime(row["inserted_at"]),
+        "updated_at": render_datetime(row["updated_at"]),
+    }
+
+
+def _render_connection(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "messaging_broker_id": row["messaging_broker_id"],
+        "username": row["username"],
+        "password": row["password"],
+        "host": row["host"],
+        "port": row["port"],
+        "virtual_host": row["virtual_host"],
+        "inserted_at": render_datetime(row["inserted_at"]),
+        "updated_at": render_datetime(row["updated_at"]),
+    }
+
+
+def _render_event(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "type": row["type"],
+        "message": row["message"],
+        "severity": row["severity"],
+        "data": poison_decode(row["data"]),
+        "inserted_at": render_datetime(row["inserted_at"]),
+        "updated_at": render_datetime(row["updated_at"]),
+        "dismissed_at": render_datetime(row["dismissed_at"]),
+        "dismissed_by_id": row["dismissed_by_id"],
+        "dismissed_reason": row["dismissed_reason"],
+        "assigned_at": render_datetime(row["assigned_at"]),
+        "assignee_id": row["assignee_id"],
+        "assigned_by_id": row["assigned_by_id"],
+    }

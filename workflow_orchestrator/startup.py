@@ -1,0 +1,148 @@
+"""What the worker does around consuming: checks before it starts, the error queue on
+every connection, and the module heartbeat (CONTRACT.md 6).
+
+A configuration mistake (credentials the token endpoint refuses, an orchestration
+queue declared with other arguments by an earlier version) stops the worker at start
+with one line naming what to fix, before any message is taken; once running, the same
+problems only delay messages, never lose them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import Any
+
+from amqp.exceptions import PreconditionFailed
+from celery import Celery, bootsteps
+from celery.worker import state as worker_state
+
+from .errors import CredentialsRejected, ManagerError
+from .queues import error_queue, orchestration_queue
+
+logger = logging.getLogger("workflow_orchestrator.startup")
+
+
+def refuse_to_start(problem: str) -> None:
+    """One line on stderr, then the worker exits with status 2."""
+    print(f"workflow-orchestrator: cannot start: {problem}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def queue_migration_hint(queue: str) -> str:
+    return (
+        f"queue {queue!r} exists on the broker with arguments of an earlier version "
+        "(x-dead-letter-*), so plain Celery callers cannot publish to it; move its messages "
+        f"to a plain queue with `workflow-orchestrator migrate-queue` (it loses none), then "
+        "start the worker again"
+    )
+
+
+def check_orchestration_queue(app: Celery) -> str | None:
+    """None when the orchestration queue can be declared the plain Celery way."""
+    name = app.settings.queue_name
+    with app.connection_for_write() as conn:
+        try:
+            orchestration_queue(name)(conn.default_channel).declare()
+        except PreconditionFailed:
+            return queue_migration_hint(name)
+    return None
+
+
+def check_credentials(app: Celery) -> str | None:
+    """None unless the token endpoint refuses the client credentials themselves."""
+    tokens = app.runtime.manager.tokens
+    if tokens is None:
+        return None
+    try:
+        tokens.token()
+    except CredentialsRejected as exc:
+        return str(exc)
+    except ManagerError as exc:  # unreachable for now: messages will wait and retry
+        logger.warning("could not check the Manager credentials at start: %s", exc)
+    return None
+
+
+class CheckAtStart(bootsteps.StartStopStep):
+    """Refuse to start on credentials the Manager refuses or an old queue declaration."""
+
+    def start(self, worker: Any) -> None:
+        for check in (check_credentials, check_orchestration_queue):
+            problem = check(worker.app)
+            if problem:
+                refuse_to_start(problem)
+
+
+class DeclareErrorQueue(bootsteps.StartStopStep):
+    """Declare the dead-letter queue on every (re)connect, before tasks are consumed."""
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+
+    def start(self, consumer: Any) -> None:
+        with consumer.app.connection_for_write() as conn:
+            error_queue(consumer.app.settings.error_queue_name)(conn.default_channel).declare()
+
+
+def workload() -> list[str]:
+    """The workflow ids this worker node is processing now (every pool process's)."""
+    ids = []
+    for request in list(worker_state.active_requests):
+        args = getattr(request, "args", None) or ()
+        payload = args[0] if args else None
+        if isinstance(payload, dict) and isinstance(payload.get("id"), str):
+            ids.append(payload["id"])
+    return sorted(set(ids))
+
+
+class Heartbeat(bootsteps.StartStopStep):
+    """Register with the Manager at start and every MODULE_HEARTBEAT_SECONDS after
+    (the Overseer deletes modules whose record is ten minutes old); `inactive` on a
+    warm shutdown. Once per worker node: the step runs in the main process only."""
+
+    requires = (f"{__name__}:CheckAtStart",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._app: Any = None
+
+    def start(self, worker: Any) -> None:
+        self._app = worker.app
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="module-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        interval = self._app.settings.module_heartbeat_seconds
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._app.runtime.register("active", workload())
+                if failures:
+                    logger.info("registered with the Manager again")
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - a refused heartbeat costs a line
+                failures += 1
+                logger.warning("could not register with the Manager (heartbeat): %s", exc)
+            wait = interval if not failures else min(interval, 2.0**failures)
+            self._stop.wait(wait)
+
+    def stop(self, worker: Any) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._thread = None
+        try:
+            self._app.runtime.register("inactive", [])
+            logger.info("registered with the Manager as inactive")
+        except Exception as exc:  # noqa: BLE001 - shutting down anyway
+            logger.warning("could not register as inactive with the Manager: %s", exc)
+
+
+def install_startup_steps(app: Celery) -> None:
+    app.steps["worker"].add(CheckAtStart)
+    app.steps["worker"].add(Heartbeat)
+    app.steps["consumer"].add(DeclareErrorQueue)
