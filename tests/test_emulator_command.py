@@ -6,7 +6,7 @@ HTTP, `create-workflow` posting to it with a token, and (last test) the orchestr
 the example builder and the example deployer as `celery worker` processes on RabbitMQ,
 with the example notifications worker, driven by `workflow-orchestrator execute` and
 `watch`. Queue names are unique to the
-run and deleted afterwards.
+run, on the session's own RabbitMQ virtual host, and deleted afterwards.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from tests.support import (
     wait_for,
 )
 
-BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 SECRET = f"emulator-cmd-{uuid.uuid4().hex}"
 SEED = REPO / "examples" / "manager-seed.json"
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -197,21 +196,21 @@ class ExampleWorker(WorkerProcess):
 
 @pytest.mark.timeout(120)
 def test_the_example_builder_and_deployer_run_a_build_and_deploy_workflow(
-    emulator: Emulator,
+    emulator: Emulator, broker_url: str
 ) -> None:
-    with Connection(BROKER_URL, connect_timeout=3) as conn:
+    with Connection(broker_url, connect_timeout=3) as conn:
         conn.ensure_connection(max_retries=1)
     suffix = uuid.uuid4().hex[:8]
     settings = system_settings(
         SimpleNamespace(url=emulator.url, token_url=emulator.token_url),
         secret=SECRET,
         prefix=f"wo_examples_{suffix}",
-        broker_url=BROKER_URL,
+        broker_url=broker_url,
         hostname=f"examples-orchestrator-{suffix}",
     )
     env = settings.to_env()
     peers_env = {
-        "CELERY_BROKER_URL": BROKER_URL,
+        "CELERY_BROKER_URL": broker_url,
         "BUILDER_QUEUE": settings.builder_queue,
         "DEPLOYER_QUEUE": settings.deployer_queue,
         "DEPLOY_OA_QUEUE": settings.deploy_oa_queue,
@@ -280,4 +279,4 @@ def test_the_example_builder_and_deployer_run_a_build_and_deploy_workflow(
     finally:
         for process in processes:
             process.stop()
-        delete_test_queues(BROKER_URL, settings)
+        delete_test_queues(broker_url, settings)

@@ -184,8 +184,21 @@ def create_workflow(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    print(response.json()["id"])
+    workflow_id = created_id(response.headers.get("Location"))
+    if not workflow_id:
+        print(f"{prog}: POST {base}/workflows answered 201 without a Location", file=sys.stderr)
+        return 2
+    print(workflow_id)
     return 0
+
+
+def created_id(location: str | None) -> str:
+    """The new workflow's id: the Manager answers 201 with an empty body and its Location."""
+    from urllib.parse import unquote, urlsplit
+
+    path = urlsplit(location or "").path.rstrip("/")
+    head, _, tail = path.rpartition("/")
+    return unquote(tail) if head.endswith("workflows") else ""
 
 
 def main(argv: list[str] | None = None) -> int:
