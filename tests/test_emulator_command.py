@@ -172,6 +172,7 @@ def test_create_workflow_errors_are_one_line_without_the_secret(emulator: Emulat
     assert refused.stdout == ""
     assert len(refused.stderr.splitlines()) == 1
     assert "401" in refused.stderr and "OAUTH_CLIENT_SECRET" in refused.stderr
+    assert "is the emulator up" not in refused.stderr  # it is up; the secret is wrong
     assert wrong not in refused.stderr and SECRET not in refused.stderr
 
     no_milestones = create_workflow("--url", emulator.url, "--repo", "acme/web_docker")

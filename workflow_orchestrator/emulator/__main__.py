@@ -134,7 +134,7 @@ def create_workflow(argv: list[str]) -> int:
     import requests
     from decouple import AutoConfig
 
-    from ..errors import ManagerError, ManagerTransientError
+    from ..errors import CredentialsRejected, ManagerError, ManagerTransientError
     from ..manager import TokenSource
 
     settings = AutoConfig(search_path=os.getcwd())
@@ -163,6 +163,9 @@ def create_workflow(argv: list[str]) -> int:
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
             timeout=args.timeout,
         )
+    except CredentialsRejected as exc:
+        print(f"{prog}: no token: {exc}", file=sys.stderr)  # names the settings to check
+        return 2
     except ManagerTransientError as exc:
         print(f"{prog}: no token: {exc}: is the emulator up at {base}?", file=sys.stderr)
         return 2
