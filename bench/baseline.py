@@ -13,7 +13,7 @@ the same peer workers, minus what the orchestrator adds: the lock, the transitio
 chat notifications, task events, its own log lines.
 
 With `"chats": true` in its configuration it is the *contract floor* instead: each hop
-also publishes the chat notifications CONTRACT.md 7.1 requires (one confirmed
+also publishes the chat notifications docs/behaviour.md §7.1 requires (one confirmed
 `notifications.hipchat` task per event line, after the save: 3, 3 and 2 per workflow, the
 same lines the orchestrator sends), and the last hop's completion line replaces
 `bench.done`. The gap between the two floors is what the contract's chat fan-out costs

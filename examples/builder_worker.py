@@ -1,15 +1,27 @@
 """An example builder worker: what a Python peer of the orchestrator looks like.
 
-It consumes `builder.build` requests (CONTRACT.md 4, examples/builder-request.json),
+It consumes `builder.build` requests (docs/behaviour.md §4, docs/examples/builder-request.json),
 pretends to build, and reports back with `workflow_orchestrator.worker_api`: success
 for any repository, failure when the request's `deployment_repo` contains `fail`.
 
-Run it next to the orchestrator (from the repository root):
+A real builder reads the deployment repository's configuration into the request it
+sends back, among it the `etcd_token` of the cluster to deploy to; without one the
+`deploy` milestone fails ("an invalid deployment cluster was provided!"), and its
+`notifications_config` (the Manager does not store it). This one sets `etcd_token`
+from the `ETCD_TOKEN` setting when the request has none (its default,
+`example-deploy-cluster`, is the deploy cluster of examples/manager-seed.json), and a
+`notifications_config` sending the completion e-mail to `NOTIFY_EMAILS`.
 
-    CELERY_BROKER_URL=amqp://guest:guest@localhost:5672// \\
-        celery -A examples.builder_worker worker -Q builder -P threads
+Run it next to the orchestrator (from the repository root), with a node name of its
+own: two workers on one host with the same name (`celery@<host>`) clash on their
+remote-control queue (RESOURCE_LOCKED):
 
-Environment: `CELERY_BROKER_URL` (default amqp://guest:guest@localhost:5672//),
+    celery -A examples.builder_worker worker -Q builder -P threads -n builder@%h -l INFO
+
+Settings, from the environment or a `.env` file in the working directory (as the
+orchestrator reads its own): `CELERY_BROKER_URL` (default
+amqp://guest:guest@localhost:5672//), `BUILDER_QUEUE` (default builder), `ETCD_TOKEN`,
+`NOTIFY_EMAILS` (comma-separated, default dev@example.com; empty for none),
 `BUILD_SECONDS` (how long a "build" takes, default 0), `HIPCHAT_TASK` / `HIPCHAT_QUEUE`
 (where failure chat notifications go, defaults notifications.hipchat /
 notifications_hipchat).
@@ -23,19 +35,29 @@ import socket
 import time
 from typing import Any
 
+from decouple import AutoConfig
+
 from workflow_orchestrator.worker_api import step_completed, step_failed, worker_app
 
 logger = logging.getLogger("examples.builder_worker")
 
-BROKER_URL = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//")
-BUILD_SECONDS = float(os.environ.get("BUILD_SECONDS", "0"))
-HIPCHAT_TASK = os.environ.get("HIPCHAT_TASK", "notifications.hipchat")
-HIPCHAT_QUEUE = os.environ.get("HIPCHAT_QUEUE", "notifications_hipchat")
+config = AutoConfig(search_path=os.getcwd())
+BROKER_URL = str(config("CELERY_BROKER_URL", default="amqp://guest:guest@localhost:5672//"))
+BUILDER_QUEUE = str(config("BUILDER_QUEUE", default="builder"))
+ETCD_TOKEN = str(config("ETCD_TOKEN", default="example-deploy-cluster"))
+NOTIFY_EMAILS = [
+    a.strip() for a in str(config("NOTIFY_EMAILS", default="dev@example.com")).split(",")
+]
+BUILD_SECONDS = float(config("BUILD_SECONDS", default="0"))
+HIPCHAT_TASK = str(config("HIPCHAT_TASK", default="notifications.hipchat"))
+HIPCHAT_QUEUE = str(config("HIPCHAT_QUEUE", default="notifications_hipchat"))
 
-app = worker_app("example-builder", BROKER_URL, queues=["builder"])
+app = worker_app("example-builder", BROKER_URL, queues=[BUILDER_QUEUE])
 
 
-@app.task(name="builder.build")
+# shared=False: importing this module must not add `builder.build` to other Celery apps
+# of the importing process (Celery's default would, and their own task would lose).
+@app.task(name="builder.build", shared=False)
 def build(request: dict[str, Any]) -> str:
     """Build the request's repository, then report the outcome to the orchestrator."""
     repo = request.get("deployment_repo") or ""
@@ -52,6 +74,12 @@ def build(request: dict[str, Any]) -> str:
             hipchat_task=HIPCHAT_TASK,
             hipchat_queue=HIPCHAT_QUEUE,
         )
+    reply = dict(request)
+    # What a real builder reads from the deployment repo: where `deploy` goes, who hears.
+    reply["etcd_token"] = reply.get("etcd_token") or ETCD_TOKEN
+    recipients = [a for a in NOTIFY_EMAILS if a]
+    if recipients and not reply.get("notifications_config"):
+        reply["notifications_config"] = {"email": {"events": {"on_workflow_completed": recipients}}}
     return step_completed(
-        app, request, f"Builder {socket.gethostname()} completed the {step} of {repo}"
+        app, reply, f"Builder {socket.gethostname()} completed the {step} of {repo}"
     )

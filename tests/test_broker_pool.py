@@ -1,5 +1,5 @@
-"""Publishing to many brokers against the local RabbitMQ (CONTRACT.md 5.1, DESIGN.md
-"Publishing to many brokers").
+"""Publishing to many brokers against the local RabbitMQ (docs/behaviour.md §5.1,
+docs/design.md "Publishing to other brokers").
 
 Three virtual hosts made for this module stand in for three brokers: ours, exchange 2's
 ("east") and its failover ("west"), each with a user of its own and a random password
@@ -136,7 +136,7 @@ def brokers(rabbit_vhosts: RabbitVhosts) -> Iterator[Brokers]:
 
 
 class Registry:
-    """The Manager's messaging registry (rows as CONTRACT.md 5.1 gives them)."""
+    """The Manager's messaging registry (rows as docs/behaviour.md §5.1 gives them)."""
 
     def __init__(self) -> None:
         self.restrictions: dict[str, list[dict[str, Any]]] = {}

@@ -1,4 +1,4 @@
-"""Broker resolution (CONTRACT.md 5.1) against an in-memory Manager: every rule, the
+"""Broker resolution (docs/behaviour.md §5.1) against an in-memory Manager: every rule, the
 choices fixed per run and spread over runs, the caches and how a failed broker is
 forgotten."""
 

@@ -746,3 +746,24 @@ def test_demo_runs_the_whole_system_in_one_process(tmp_path: Path) -> None:
     assert result.stderr == ""
     log = (tmp_path / "demo.log").read_text()
     assert "registered with the Manager" in log  # the orchestrator ran in that process
+
+
+def test_follow_says_a_workflow_that_never_started_has_not_started() -> None:
+    feed = Feed(stored())  # no current step, not completed, empty event log
+    out = io.StringIO()
+    code = follow(
+        feed.fetch,
+        LiveLine(out, tty=False),
+        interval=1.0,
+        timeout=3.0,
+        clock=feed.clock,
+        sleep=feed.sleep,
+    )
+    assert code == 2
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "[0/2] waiting for the orchestrator  0.0s"
+    assert lines[-1] == (
+        "Timed out after 3.0s; the workflow has not started (not executed yet, or no "
+        "orchestrator is consuming its queue)"
+    )
+    assert "still running" not in out.getvalue()

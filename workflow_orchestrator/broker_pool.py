@@ -1,6 +1,6 @@
 """Publishing a Celery task to a ``brokers.Route``: pooled connections, confirms, failover.
 
-A worker request for another exchange goes to that exchange's broker (CONTRACT.md 5.1).
+A worker request for another exchange goes to that exchange's broker (docs/behaviour.md §5.1).
 The own broker is the Celery app's own producer pool (its connections, its
 ``broker_transport_options``, its retry policy): nothing changes for the default case.
 Every other broker gets a small bounded pool of kombu connections per URL, in confirm

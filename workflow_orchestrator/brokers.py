@@ -1,4 +1,4 @@
-"""Which broker a worker request goes to, and how it is reached (CONTRACT.md 5.1).
+"""Which broker a worker request goes to, and how it is reached (docs/behaviour.md §5.1).
 
 OpenAperture spreads workers over exchanges, each reached through its own brokers; a
 build for exchange 2 must reach the builder on exchange 2's broker. Resolution:
@@ -235,7 +235,7 @@ class _TTLCache:
 
 
 class BrokerResolver:
-    """Resolves the route of a request to a target exchange (CONTRACT.md 5.1).
+    """Resolves the route of a request to a target exchange (docs/behaviour.md §5.1).
 
     One instance per worker process, shared by its threads. Exchange restrictions,
     broker records and connection lists are cached ``cache_seconds`` (5 minutes); a

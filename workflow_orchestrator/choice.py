@@ -2,7 +2,7 @@
 
 The original picked build clusters, brokers and connections at random. A transition
 redone after a crash must pick the same one (same task id to the same place, same
-log lines), so the pick is a hash of the workflow run instead (CONTRACT.md 4 and 5.1).
+log lines), so the pick is a hash of the workflow run instead (docs/behaviour.md §4 and §5.1).
 """
 
 from __future__ import annotations

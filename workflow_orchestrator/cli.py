@@ -361,7 +361,14 @@ def follow(
                 progress_text(view, now - started), key=(view["state"], view["current_step"])
             )
         if timeout is not None and clock() - started >= timeout:
-            display.close(f"Timed out after {seconds_text(timeout)}; the workflow is still running")
+            if view is not None and view["state"] == "pending":
+                where = (
+                    "the workflow has not started (not executed yet, or no orchestrator "
+                    "is consuming its queue)"
+                )
+            else:
+                where = "the workflow is still running"
+            display.close(f"Timed out after {seconds_text(timeout)}; {where}")
             return EXIT_ERROR
         # Between polls a terminal still sees the clock move.
         wake = clock() + interval

@@ -1,4 +1,4 @@
-"""Human durations for the event log (CONTRACT.md 7.3), pure.
+"""Human durations for the event log (docs/behaviour.md §7.3), pure.
 
 Rounding is half away from zero, never Python's banker's `round()`: 59.5 s must read
 `60 second(s)` exactly as the original did.

@@ -85,7 +85,7 @@ def envelope_problem(
 
 
 def message_identity(headers: Any, body: bytes | str | None) -> str:
-    """The Celery task id of a message, else a digest of its body (CONTRACT.md 6)."""
+    """The Celery task id of a message, else a digest of its body (docs/behaviour.md §6)."""
     if isinstance(headers, dict) and isinstance(headers.get("id"), str) and headers["id"]:
         return headers["id"]
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else (body or b"")

@@ -1,4 +1,4 @@
-"""The milestone registry: what each step needs and where it is sent (CONTRACT.md 4).
+"""The milestone registry: what each step needs and where it is sent (docs/behaviour.md §4).
 
 Handlers are pure given their `Topology`: the shell passes one backed by cached Manager
 lookups, tests pass one backed by dicts. Every failure reason here is the contract's

@@ -1,4 +1,4 @@
-"""Chat and e-mail notification payloads (CONTRACT.md 7.1 and 7.4), pure."""
+"""Chat and e-mail notification payloads (docs/behaviour.md §7.1 and §7.4), pure."""
 
 from __future__ import annotations
 

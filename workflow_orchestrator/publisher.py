@@ -1,6 +1,6 @@
 """Where tasks leave the orchestrator: every publish, confirmed by the broker it goes to.
 
-Worker requests go to the broker of their target exchange (CONTRACT.md 5.1, resolved by
+Worker requests go to the broker of their target exchange (docs/behaviour.md §5.1, resolved by
 `brokers.BrokerResolver`, published by `broker_pool.BrokerPublisher` with failover);
 chats, e-mails and the orchestrator's own re-evaluations go to its own broker. Each
 carries the id the transition derived and a short `argsrepr`, so Flower never shows a

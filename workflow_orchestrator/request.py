@@ -1,4 +1,4 @@
-"""Validating an orchestration message before any I/O (CONTRACT.md 2 and 9), pure.
+"""Validating an orchestration message before any I/O (docs/behaviour.md §2 and §9), pure.
 
 A message that fails here is dead-lettered with an error naming the field, so an
 operator can fix the sender; nothing about the workflow is loaded or changed.

@@ -27,7 +27,7 @@ from .transition import EngineConfig
 
 logger = logging.getLogger("workflow_orchestrator.runtime")
 
-#: `data.kind` of the system events the orchestrator posts (CONTRACT.md 6).
+#: `data.kind` of the system events the orchestrator posts (docs/behaviour.md §6).
 EVENT_KINDS = (
     "invalid_message",
     "unknown_workflow",

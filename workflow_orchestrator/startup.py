@@ -1,5 +1,5 @@
 """What the worker does around consuming: checks before it starts, the error queue on
-every connection, and the module heartbeat (CONTRACT.md 6).
+every connection, and the module heartbeat (docs/behaviour.md §6).
 
 A configuration mistake (credentials the token endpoint refuses, an orchestration
 queue declared with other arguments by an earlier version) stops the worker at start

@@ -1,6 +1,6 @@
 """The transition: stored workflow + message + now -> new workflow + effects (pure).
 
-This is where the next milestone is decided (CONTRACT.md 3, 4, 7). It does no I/O of
+This is where the next milestone is decided (docs/behaviour.md §3, §4, §7). It does no I/O of
 its own: the clock reading, the Manager lookups (`Topology`) and the identity of the
 message being processed are arguments, and the result is plain data that the shell
 (`tasks.py`) saves and publishes. Redelivering the same message against the same stored
@@ -103,7 +103,7 @@ class EngineConfig:
     registry: Mapping[str, Milestone] = field(default_factory=build_registry)
 
     def routing_fields(self) -> dict[str, Any]:
-        """Fields every outgoing request carries so workers can call back (CONTRACT.md 5)."""
+        """Fields every outgoing request carries so workers can call back (docs/behaviour.md §5)."""
         ex, br = str(self.exchange_id), str(self.broker_id)
         return {
             "notifications_exchange_id": ex,
@@ -308,7 +308,7 @@ class _Run:
         wf["elapsed_step_time"] = elapsed(wf.get("step_time"), self.now)
         wf["elapsed_workflow_time"] = elapsed(wf.get("workflow_start_time"), self.now)
 
-    # -- the cases of CONTRACT.md 3.4 ------------------------------------------------
+    # -- the cases of docs/behaviour.md §3.4 -----------------------------------------
     def apply(self, message: dict[str, Any]) -> None:
         wf = self.workflow
         if message.get("workflow_completed") is True:

@@ -1,4 +1,4 @@
-"""Callbacks for builder/deployer workers written in Python (CONTRACT.md 8).
+"""Callbacks for builder/deployer workers written in Python (docs/behaviour.md §8).
 
 The Python counterpart of OpenAperture's `workflow_orchestrator_api`: a worker gets the
 orchestrator's request as its task's single argument and reports back with

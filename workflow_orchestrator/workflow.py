@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Fields the Manager persists (CONTRACT.md 2); a PUT carries exactly these.
+#: Fields the Manager persists (docs/behaviour.md §2); a PUT carries exactly these.
 WORKFLOW_FIELDS: tuple[str, ...] = (
     "id",
     "deployment_repo",
@@ -33,7 +33,7 @@ JSON_TEXT_FIELDS: tuple[str, ...] = (
     "execute_options",
 )
 
-#: Request fields (CONTRACT.md 2) carried in messages; unknown keys pass through too.
+#: Request fields (docs/behaviour.md §2) carried in messages; unknown keys pass through too.
 REQUEST_FIELDS: tuple[str, ...] = (
     "workflow_id",
     "workflow_start_time",

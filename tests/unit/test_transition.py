@@ -1,4 +1,4 @@
-"""The pure transition against every row of CONTRACT.md 3, 4 and 7."""
+"""The pure transition against every row of docs/behaviour.md §3, §4 and §7."""
 
 from __future__ import annotations
 
@@ -281,7 +281,7 @@ def test_corrupt_stored_milestones_fail_the_workflow() -> None:
     assert "Invalid milestones" in lines(decision)[1]
 
 
-# -- preconditions (CONTRACT.md 4), every reason verbatim ------------------------------------
+# -- preconditions (docs/behaviour.md §4), every reason verbatim -----------------------------
 
 
 def failure_reason(decision: Decision) -> str:
