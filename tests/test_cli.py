@@ -38,19 +38,17 @@ from tests.support import (
     system_settings,
     wait_registered,
 )
-from workflow_orchestrator.cli import (
-    LiveLine,
-    cli,
-    describe_workflow,
-    event_message,
-    follow,
-    progress_text,
-    render_status,
-)
+from workflow_orchestrator.cli import LiveLine, cli, follow
 from workflow_orchestrator.demo import Inbox, peer_queues, register_demo_workers
 from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.errors import ManagerNotFound, ManagerTransientError
 from workflow_orchestrator.settings import Settings
+from workflow_orchestrator.status_view import (
+    describe_workflow,
+    event_message,
+    progress_text,
+    render_status,
+)
 from workflow_orchestrator.worker_api import worker_app
 
 SUFFIX = uuid.uuid4().hex[:8]
@@ -767,3 +765,25 @@ def test_follow_says_a_workflow_that_never_started_has_not_started() -> None:
         "orchestrator is consuming its queue)"
     )
     assert "still running" not in out.getvalue()
+
+
+def test_the_worker_reason_is_read_from_the_originals_line_order() -> None:
+    """OpenAperture's workers log their reason, then their message, with no marker."""
+    log = [
+        f"{P} Starting workflow...",
+        f"{P} Starting Workflow Milestone: build",
+        f"[OA][{WID}] Builder received the request",
+        f"[OA][{WID}] docker build exited with status 1",
+        f"[OA][{WID}] build of Org/app_docker failed",
+        f"{P} Workflow Milestone Failed: build.  Reason: Milestone worker has reported a failure",
+        f"{P} Workflow has failed in 2 second(s)",
+    ]
+    view = describe_workflow(
+        stored(current_step="build", workflow_completed=True, workflow_error=True, event_log=log)
+    )
+    assert view["failure"]["worker_reason"] == "docker build exited with status 1"
+    other = [*log[:2], f"{P} Workflow Milestone Failed: build.  Reason: Cancelled by an operator"]
+    view = describe_workflow(
+        stored(current_step="build", workflow_completed=True, workflow_error=True, event_log=other)
+    )
+    assert view["failure"]["worker_reason"] is None

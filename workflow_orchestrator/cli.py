@@ -15,42 +15,39 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO
-from urllib.parse import urlsplit
 
 import click
 
 from . import __version__
+from .checks import BROKER_HINT, Check, explain_manager_error, run_checks, scrub_secrets
 from .errors import ManagerError, ManagerNotFound, SettingsError
+from .queue_migration import migrate_orchestration_queue
 from .settings import Settings, load_settings, redact_url
+from .status_view import (
+    EXIT_ERROR,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    describe_workflow,
+    event_message,
+    failure_text,
+    fit,
+    progress_text,
+    render_status,
+    seconds_text,
+    state_text,
+    terminal_width,
+)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
-
-#: The states a milestone has in the status view.
-MILESTONE_STATES = ("done", "running", "failed", "pending")
-#: Workflow states of the status view.
-WORKFLOW_STATES = ("pending", "running", "succeeded", "failed")
-#: The `current_step` the orchestrator writes once every milestone is done.
-COMPLETED_STEP = "workflow_completed"
-BROKER_HINT = "is it running? check CELERY_BROKER_URL (host, port, credentials, vhost)"
 #: Seconds between two redraws of a live status line.
 TICK_SECONDS = 0.2
 #: Seconds `watch` keeps trying while the Manager cannot be reached, before giving up.
 WATCH_GIVE_UP_AFTER = 30.0
-
-_FAILED = re.compile(r"Workflow Milestone Failed: (?P<step>.*?)\.  Reason: (?P<reason>.*)\Z", re.S)
-_WORKER_FAILED = re.compile(r"Workflow step failed: (?P<reason>.*)\Z", re.S)
-# `[OA][{id}][{repo}] ` (orchestrator lines) or `[OA][{id}] ` (worker lines).
-_PREFIX = re.compile(r"\A\[OA\]\[[^\]]*\](?:\[[^\]]*\])?\s?")
 
 
 class CliError(Exception):
@@ -59,195 +56,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.code = code
-
-
-# -- the status view (pure) -------------------------------------------------------------
-
-
-def event_message(line: Any) -> str:
-    """An event-log line without its `[OA][id][repo]` prefix: what a person reads."""
-    return _PREFIX.sub("", str(line), count=1)
-
-
-def _milestones(workflow: dict[str, Any]) -> list[str]:
-    value = workflow.get("milestones")
-    return [str(m) for m in value] if isinstance(value, list) else []
-
-
-def _failure(events: list[str], current_step: Any) -> dict[str, Any]:
-    """The failure line's step and reason, and the worker's own reason when it gave one."""
-    step: str | None = None if current_step in (None, COMPLETED_STEP) else str(current_step)
-    reason: str | None = None
-    for message in reversed(events):
-        found = _FAILED.match(message)
-        if found:
-            step = None if found["step"] == "none" else found["step"]
-            reason = found["reason"]
-            break
-    worker = [m for m in (_WORKER_FAILED.match(e) for e in events) if m]
-    return {
-        "step": step,
-        "reason": reason or "unknown (no failure line in the event log)",
-        "worker_reason": worker[-1]["reason"] if worker else None,
-    }
-
-
-def describe_workflow(workflow: dict[str, Any], events: int = 5) -> dict[str, Any]:
-    """A stored workflow (as the Manager returns it) -> the status view of `status --json`.
-
-    Pure, so the shape documented in docs/cli.md is pinned by unit tests. Milestone
-    states come from the position of `current_step` in `milestones`: the ones before
-    it are done, it is running (or failed when the workflow failed), the ones after it
-    are pending; a succeeded workflow has every milestone done.
-    """
-    milestones = _milestones(workflow)
-    step = workflow.get("current_step")
-    completed = bool(workflow.get("workflow_completed"))
-    error = bool(workflow.get("workflow_error"))
-    log = workflow.get("event_log")
-    messages = [event_message(line) for line in log] if isinstance(log, list) else []
-    durations = workflow.get("workflow_step_durations")
-    durations = durations if isinstance(durations, dict) else {}
-
-    if completed:
-        state = "failed" if error else "succeeded"
-    elif step is None:
-        state = "pending"
-    else:
-        state = "running"
-    at = milestones.index(step) if step in milestones else None
-    if state == "succeeded":
-        at = len(milestones)
-
-    rows = []
-    for index, name in enumerate(milestones):
-        if at is None or index > at:
-            row_state = "pending"
-        elif index < at:
-            row_state = "done"
-        else:
-            row_state = "failed" if state == "failed" else "running"
-        duration = durations.get(name)
-        rows.append(
-            {
-                "name": name,
-                "state": row_state,
-                "duration": None if duration is None else str(duration),
-            }
-        )
-
-    if state == "succeeded":
-        index = len(milestones)
-    elif at is not None:
-        index = at + 1
-    else:
-        index = 0
-    shown = max(0, events)
-    return {
-        "id": workflow.get("id"),
-        "deployment_repo": workflow.get("deployment_repo"),
-        "deployment_repo_git_ref": workflow.get("deployment_repo_git_ref"),
-        "state": state,
-        "finished": completed,
-        "current_step": step,
-        "milestone_index": index,
-        "milestone_count": len(milestones),
-        "milestones": rows,
-        "duration": workflow.get("workflow_duration") if completed else None,
-        "elapsed": workflow.get("elapsed_workflow_time"),
-        "failure": _failure(messages, step) if state == "failed" else None,
-        "events": messages[-shown:] if shown else [],
-        "event_count": len(messages),
-        "updated_at": workflow.get("updated_at"),
-    }
-
-
-def failure_text(view: dict[str, Any]) -> str:
-    """`Reason (worker: detail)` for a failed view, '' otherwise."""
-    failure = view.get("failure")
-    if not failure:
-        return ""
-    text = failure["reason"]
-    if failure.get("worker_reason") and failure["worker_reason"] not in text:
-        text += f" (worker: {failure['worker_reason']})"
-    return text
-
-
-def state_text(view: dict[str, Any]) -> str:
-    """One phrase for where the workflow is: `running deploy (milestone 2 of 3)`."""
-    k, n = view["milestone_index"], view["milestone_count"]
-    if view["state"] == "succeeded":
-        return f"succeeded in {view['duration'] or '<unknown>'} ({n} of {n} milestones)"
-    if view["state"] == "failed":
-        step = (view["failure"] or {}).get("step")
-        where = f"at {step} (milestone {k} of {n})" if step and k else "before any milestone"
-        return f"failed {where} after {view['duration'] or '<unknown>'}"
-    if view["state"] == "running":
-        return f"running {view['current_step']} (milestone {k} of {n})"
-    return f"pending: not started ({n} milestones)"
-
-
-def render_status(view: dict[str, Any]) -> str:
-    """The status view as text, for a person."""
-    title = f"Workflow {view['id']}"
-    if view.get("deployment_repo"):
-        ref = view.get("deployment_repo_git_ref")
-        title += f"  {view['deployment_repo']}" + (f" @ {ref}" if ref else "")
-    lines = [title, f"State:    {state_text(view)}"]
-    if view["state"] == "failed":
-        lines.append(f"Reason:   {failure_text(view)}")
-    elif view["state"] == "running" and view.get("elapsed"):
-        lines.append(f"Elapsed:  {view['elapsed']} (at the last update)")
-    if view["milestones"]:
-        width = max(len(m["name"]) for m in view["milestones"])
-        lines += ["", "Milestones:"]
-        for m in view["milestones"]:
-            duration = m["duration"] if m["duration"] and m["state"] != "pending" else ""
-            lines.append(f"  {m['name']:<{width}}  {m['state']:<8} {duration}".rstrip())
-    if view["events"]:
-        lines += ["", f"Last {len(view['events'])} of {view['event_count']} events:"]
-        lines += [f"  {event}" for event in view["events"]]
-    return "\n".join(lines)
-
-
-def seconds_text(seconds: float) -> str:
-    """`4.2s`, `1m05s`, `2h03m`: a clock a person reads at a glance."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def progress_text(view: dict[str, Any], elapsed: float) -> str:
-    """The one-line progress of `watch` and `demo`: `[2/3] deploy running  4.2s`."""
-    k, n = view["milestone_index"], view["milestone_count"]
-    if view["state"] == "succeeded":
-        return f"[{n}/{n}] succeeded in {view['duration'] or seconds_text(elapsed)}"
-    if view["state"] == "failed":
-        step = (view["failure"] or {}).get("step") or "start"
-        return f"[{k}/{n}] failed at {step}: {failure_text(view)}"
-    if view["state"] == "running":
-        return f"[{k}/{n}] {view['current_step']} running  {seconds_text(elapsed)}"
-    return f"[0/{n}] waiting for the orchestrator  {seconds_text(elapsed)}"
-
-
-# -- terminal output --------------------------------------------------------------------
-
-
-def terminal_width() -> int:
-    """Columns usable on the terminal without wrapping (wrapping breaks a redraw)."""
-    try:
-        return max(20, shutil.get_terminal_size().columns - 1)
-    except (OSError, ValueError):
-        return 79
-
-
-def fit(text: str, width: int) -> str:
-    """`text` cut to `width` columns."""
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 class LiveLine:
@@ -378,207 +186,6 @@ def follow(
                 display.status(progress_text(view, clock() - started))
 
 
-# -- check ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of `check`: ok True (OK), False (FAIL) or None (WARN / SKIP)."""
-
-    name: str
-    ok: bool | None
-    detail: str
-    label: str = ""
-
-    @property
-    def word(self) -> str:
-        return self.label or {True: "OK", False: "FAIL", None: "WARN"}[self.ok]
-
-
-def _is_token_call(exc: ManagerError) -> bool:
-    """Token calls name a full URL (`POST http://...`), Manager calls a path."""
-    return exc.call.partition(" ")[2].startswith(("http://", "https://"))
-
-
-def explain_manager_error(exc: ManagerError, settings: Settings | None) -> str:
-    """A Manager or token-endpoint failure as one line with a hint (no secret in it)."""
-    manager = settings.manager_url if settings else "the Manager"
-    if _is_token_call(exc):
-        where = exc.call.partition(" ")[2]
-        if exc.status is None:
-            return (
-                f"cannot reach the token endpoint {where} ({exc.detail}): is it up? "
-                "check OAUTH_LOGIN_URL"
-            )
-        if exc.status in (400, 401, 403):
-            return (
-                f"the token endpoint {where} refused the client credentials "
-                f"(answered {exc.status}): check OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET "
-                "and OAUTH_BODY (json or form)"
-            )
-        if exc.status == 404:
-            return f"no token endpoint at {where} (answered 404): check OAUTH_LOGIN_URL"
-        return f"the token endpoint {where} failed: {exc}"
-    if exc.status is None:
-        return (
-            f"cannot reach the Manager at {manager} ({exc.call}: {exc.detail}): is it up? "
-            "check MANAGER_URL"
-        )
-    if exc.status in (401, 403):
-        return (
-            f"the Manager at {manager} refused our token ({exc.call} answered {exc.status}): "
-            "check the OAUTH_* settings"
-        )
-    if exc.status == 429 or exc.status >= 500:
-        return f"the Manager at {manager} is failing ({exc.call} answered {exc.status}); try again"
-    return f"the Manager at {manager} refused {exc.call} (answered {exc.status}): {exc.detail}"
-
-
-def _broker_check(settings: Settings, timeout: float) -> list[Check]:
-    from kombu import Connection
-
-    shown = redact_url(settings.celery_broker_url)
-    try:
-        with Connection(settings.celery_broker_url, connect_timeout=timeout) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0.2, timeout=timeout)
-            checks = [Check("broker", True, f"{shown} ({conn.transport.driver_name})")]
-            if conn.transport.driver_type != "amqp":
-                return checks
-            channel = conn.channel()
-            try:
-                _, messages, consumers = channel.queue_declare(
-                    queue=settings.queue_name, passive=True
-                )
-            except conn.channel_errors:
-                checks.append(
-                    Check(
-                        "queue",
-                        None,
-                        f"{settings.queue_name} is not declared yet: no orchestrator has "
-                        "started on this broker",
-                    )
-                )
-            else:
-                what = (
-                    f"{settings.queue_name}: {messages} message(s) waiting, {consumers} consumer(s)"
-                )
-                if consumers:
-                    checks.append(Check("queue", True, what))
-                else:
-                    checks.append(Check("queue", None, what + ": is the orchestrator running?"))
-            finally:
-                try:
-                    channel.close()
-                except Exception:  # noqa: BLE001 - a closed channel is fine
-                    pass
-            return checks
-    except Exception as exc:  # noqa: BLE001 - any failure is this check's answer
-        return [
-            Check(
-                "broker",
-                False,
-                f"cannot connect to {shown}: {_scrub(str(exc) or type(exc).__name__, settings)}; "
-                + BROKER_HINT,
-            )
-        ]
-
-
-def run_checks(settings: Settings, timeout: float = 3.0) -> list[Check]:
-    """Reach the broker, the token endpoint and the Manager; one Check per line."""
-    from .manager import ManagerClient, TokenSource
-
-    checks = _broker_check(settings, timeout)
-    tokens = TokenSource(
-        settings.oauth_login_url,
-        settings.oauth_client_id,
-        settings.oauth_client_secret,
-        body=settings.oauth_body,
-        connect_timeout=min(settings.manager_connect_timeout, timeout),
-        read_timeout=min(settings.manager_read_timeout, 2 * timeout),
-    )
-    try:
-        tokens.token()
-    except ManagerError as exc:
-        checks.append(Check("token", False, explain_manager_error(exc, settings)))
-        checks.append(Check("manager", None, "not tried: it needs a token", "SKIP"))
-        tokens.close()
-        return checks
-    checks.append(
-        Check(
-            "token",
-            True,
-            f"{_url_without_secrets(settings.oauth_login_url)} issued a token to client "
-            f"{settings.oauth_client_id} ({settings.oauth_body} body)",
-        )
-    )
-    client = ManagerClient(
-        settings.manager_url,
-        tokens,
-        connect_timeout=min(settings.manager_connect_timeout, timeout),
-        read_timeout=min(settings.manager_read_timeout, 2 * timeout),
-    )
-    with client:
-        try:
-            exchange = client.get_exchange(settings.exchange_id)
-            modules = client.list_exchange_modules(settings.exchange_id)
-        except ManagerNotFound as exc:
-            checks.append(
-                Check(
-                    "manager",
-                    False,
-                    f"EXCHANGE_ID {settings.exchange_id} is unknown to the Manager at "
-                    f"{settings.manager_url} ({exc.call} answered 404): check EXCHANGE_ID "
-                    "(and that MANAGER_URL is the API's base URL)",
-                )
-            )
-        except ManagerError as exc:
-            checks.append(Check("manager", False, explain_manager_error(exc, settings)))
-        else:
-            kinds: dict[str, int] = {}
-            for module in modules:
-                kind = str(module.get("type"))
-                kinds[kind] = kinds.get(kind, 0) + 1
-            name = exchange.get("name")
-            counts = ", ".join(
-                f"{kinds.get(k, 0)} {k}" for k in ("builder", "deployer", "workflow_orchestrator")
-            )
-            checks.append(
-                Check(
-                    "manager",
-                    True,
-                    f"{settings.manager_url} knows exchange {settings.exchange_id}"
-                    + (f" ({name})" if name else "")
-                    + f"; modules there: {counts}",
-                )
-            )
-    return checks
-
-
-def _url_without_secrets(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
-def _scrub(text: str, settings: Settings | None) -> str:
-    """`text` with the client secret, and any URL's broker or lock password, masked.
-
-    A safety net under the texts we build from redacted URLs: library errors may quote
-    a URL whole (`user:password@host`), and a secret must never reach a terminal.
-    """
-    if settings is None:
-        return text
-    if len(settings.oauth_client_secret) >= 3:
-        text = text.replace(settings.oauth_client_secret, "***")
-    for url in (settings.celery_broker_url, settings.lock_url):
-        password = urlsplit(url).password if url else None
-        if password:
-            text = text.replace(f":{password}@", ":***@")
-    return text
-
-
 # -- the commands -----------------------------------------------------------------------
 
 
@@ -628,7 +235,7 @@ class _Group(click.Group):
             state = ctx.obj if isinstance(ctx.obj, _State) else _State()
             if state.debug:
                 raise
-            message = _scrub(explain(exc, state.settings), state.settings)
+            message = scrub_secrets(explain(exc, state.settings), state.settings)
             click.echo(f"workflow-orchestrator: {message}", err=True)
             ctx.exit(exc.code if isinstance(exc, CliError) else EXIT_ERROR)
 
@@ -790,13 +397,32 @@ def check(ctx: click.Context, timeout: float) -> None:
     ctx.exit(EXIT_FAILED if any(c.ok is False for c in checks) else EXIT_OK)
 
 
+@cli.command(
+    "migrate-queue", short_help="Re-declare an old orchestration queue, keeping its messages."
+)
+@click.option("--queue", "queue", default=None, help="The queue (default: QUEUE_NAME).")
+@click.pass_context
+def migrate_queue(ctx: click.Context, queue: str | None) -> None:
+    """Move an orchestration queue declared with an earlier version's x-arguments to the
+    plain declaration every Celery caller uses, losing no message. Stop the orchestrator
+    workers first; run it again if it was interrupted."""
+    settings = _state(ctx).load()
+    name = queue or settings.queue_name
+    done = migrate_orchestration_queue(settings.celery_broker_url, name)
+    if done.already_plain:
+        click.echo(f"queue {name} is already declared the plain way: nothing to migrate")
+        ctx.exit(EXIT_FAILED)
+    click.echo(f"queue {name} is declared the plain way now; {done.moved} message(s) kept in it")
+    ctx.exit(EXIT_OK)
+
+
 _COLOURS = {"OK": "green", "FAIL": "red", "WARN": "yellow", "SKIP": "yellow"}
 
 
 def _print_checks(checks: Iterable[Check], settings: Settings | None = None) -> None:
     for item in checks:
         word = click.style(f"{item.word:<4}", fg=_COLOURS.get(item.word), bold=True)
-        click.echo(f"{word}  {item.name:<8}  {_scrub(item.detail, settings)}")
+        click.echo(f"{word}  {item.name:<8}  {scrub_secrets(item.detail, settings)}")
 
 
 @cli.command(short_help="Run the whole system here, with demo workers.")

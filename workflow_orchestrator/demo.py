@@ -46,7 +46,12 @@ from typing import Any, TextIO
 from celery import Celery
 from kombu import Connection
 
-from .cli import (
+from .emulator import ManagerEmulator
+from .factory import create_app
+from .logs import configure_logging
+from .queues import orchestration_queue, plain_queue
+from .settings import Settings, redact_url
+from .status_view import (
     EXIT_ERROR,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -58,11 +63,6 @@ from .cli import (
     seconds_text,
     terminal_width,
 )
-from .emulator import ManagerEmulator
-from .factory import create_app
-from .logs import configure_logging
-from .queues import orchestration_queue, plain_queue
-from .settings import Settings, redact_url
 from .worker_api import execute_workflow, step_completed, step_failed, worker_app
 
 #: Seconds a demo builder or deployer spends on one step.

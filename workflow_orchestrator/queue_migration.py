@@ -26,6 +26,16 @@ class Migration:
     already_plain: bool
 
 
+def queue_migration_hint(queue: str) -> str:
+    """What an operator reads when the queue still has an earlier version's arguments."""
+    return (
+        f"queue {queue!r} exists on the broker with arguments of an earlier version "
+        "(x-dead-letter-*), so plain Celery callers cannot publish to it; move its messages "
+        f"to a plain queue with `workflow-orchestrator migrate-queue` (it loses none), then "
+        "start the worker again"
+    )
+
+
 def _exists(conn: Connection, name: str) -> bool:
     channel = conn.channel()
     try:
@@ -70,12 +80,19 @@ def _move(conn: Connection, source: str, target: Queue) -> int:
     return moved
 
 
-def _declares_plain(conn: Connection, name: str) -> bool:
+def declares_plain(conn: Connection, name: str) -> bool:
+    """Whether queue `name` accepts the plain Celery declaration (it is created if absent)."""
+    channel = conn.channel()
     try:
-        orchestration_queue(name)(conn.channel()).declare()
+        orchestration_queue(name)(channel).declare()
         return True
     except PreconditionFailed:  # declared with other arguments
         return False
+    finally:
+        try:
+            channel.close()
+        except Exception:  # noqa: BLE001 - the refusal closed it
+            pass
 
 
 def migrate_orchestration_queue(broker_url: str, name: str) -> Migration:
@@ -84,7 +101,7 @@ def migrate_orchestration_queue(broker_url: str, name: str) -> Migration:
     with Connection(broker_url, transport_options={"confirm_publish": True}) as conn:
         conn.ensure_connection(max_retries=3)
         waiting = _exists(conn, holding.name)
-        plain = _declares_plain(conn, name)
+        plain = declares_plain(conn, name)
         if plain and not waiting:
             return Migration(name, 0, already_plain=True)
         moved = 0
@@ -104,7 +121,7 @@ def migrate_orchestration_queue(broker_url: str, name: str) -> Migration:
                         pass
             else:
                 raise RuntimeError(f"queue {name!r} kept receiving messages; stop its callers")
-            if not _declares_plain(conn, name):
+            if not declares_plain(conn, name):
                 raise RuntimeError(f"queue {name!r} could not be declared again")
         _move(conn, holding.name, orchestration_queue(name))
         channel = conn.channel()

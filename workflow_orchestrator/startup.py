@@ -19,6 +19,7 @@ from celery import Celery, bootsteps
 from celery.worker import state as worker_state
 
 from .errors import CredentialsRejected, ManagerError
+from .queue_migration import queue_migration_hint
 from .queues import error_queue, orchestration_queue
 
 logger = logging.getLogger("workflow_orchestrator.startup")
@@ -28,15 +29,6 @@ def refuse_to_start(problem: str) -> None:
     """One line on stderr, then the worker exits with status 2."""
     print(f"workflow-orchestrator: cannot start: {problem}", file=sys.stderr, flush=True)
     raise SystemExit(2)
-
-
-def queue_migration_hint(queue: str) -> str:
-    return (
-        f"queue {queue!r} exists on the broker with arguments of an earlier version "
-        "(x-dead-letter-*), so plain Celery callers cannot publish to it; move its messages "
-        f"to a plain queue with `workflow-orchestrator migrate-queue` (it loses none), then "
-        "start the worker again"
-    )
 
 
 def check_orchestration_queue(app: Celery) -> str | None:
