@@ -32,6 +32,12 @@ class Faults:
         self._drop_until = 0.0
         self._drop_token = False
         self._latency = 0.0
+        self._fail_next: dict[str, tuple[int, int]] = {}
+
+    def fail_next(self, call: str, count: int, status: int = 500) -> None:
+        """Answer the next ``count`` calls ``call`` (e.g. ``PUT /workflows/{id}``) with ``status``."""
+        with self._lock:
+            self._fail_next[call] = (int(count), int(status))
 
     def fail_for(self, seconds: float, status: int = 503, *, include_token: bool = False) -> None:
         """Answer every API call (the token endpoint too if asked) with ``status`` for a while."""
@@ -57,14 +63,21 @@ class Faults:
             self._fail_until = self._drop_until = self._latency = 0.0
             self._fail_status = 503
             self._fail_token = self._drop_token = False
+            self._fail_next.clear()
 
-    def verdict(self, is_token: bool) -> Verdict:
-        """The faults that apply to a request now (``is_token``: the token endpoint)."""
+    def verdict(self, is_token: bool, call: str = "") -> Verdict:
+        """The faults that apply to a request now (``is_token``: the token endpoint;
+        ``call``: its templated name, for ``fail_next``)."""
         with self._lock:
             now = time.monotonic()
             drop = now < self._drop_until and (self._drop_token or not is_token)
             fail = now < self._fail_until and (self._fail_token or not is_token)
-            return Verdict(self._latency, drop, self._fail_status if fail else None)
+            status = self._fail_status if fail else None
+            left, next_status = self._fail_next.get(call, (0, 0))
+            if status is None and left > 0:
+                self._fail_next[call] = (left - 1, next_status)
+                status = next_status
+            return Verdict(self._latency, drop, status)
 
     def snapshot(self) -> dict[str, Any]:
         """The switches as ``/_emulator/faults`` shows them."""

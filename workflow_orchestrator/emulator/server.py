@@ -361,6 +361,10 @@ class ManagerEmulator:
         """Answer every API call (the token endpoint too if asked) with ``status`` for a while."""
         self.faults.fail_for(seconds, status, include_token=include_token)
 
+    def fail_next(self, call: str, count: int, status: int = 500) -> None:
+        """Answer the next ``count`` calls ``call`` (``PUT /workflows/{id}``) with ``status``."""
+        self.faults.fail_next(call, count, status)
+
     def set_latency(self, seconds: float) -> None:
         """Sleep this long before answering any API call (0 turns it off)."""
         self.faults.set_latency(seconds)
@@ -408,7 +412,7 @@ class ManagerEmulator:
         is_token = found is not None and found[0].template == TOKEN_ROUTE
         with self._lock:
             self._counters[key] = self._counters.get(key, 0) + 1
-        verdict = self.faults.verdict(is_token)
+        verdict = self.faults.verdict(is_token, key)
         if verdict.latency:
             time.sleep(verdict.latency)
         if verdict.drop:
