@@ -104,7 +104,7 @@ def system(broker_url: str) -> Iterator[tuple[Live, Flower]]:
             while not flower.up():
                 if flower.process.poll() is not None or time.monotonic() > deadline:
                     log = flower.log_path.read_text(errors="replace")[-1500:]
-                    pytest.skip(f"Flower could not start: {log}")
+                    pytest.fail(f"Flower could not start: {log}")
                 time.sleep(0.2)
             command = live.orchestrator.command()
             node = command[command.index("-n") + 1]

@@ -38,10 +38,6 @@ class _TTLCache:
             with self._lock:
                 self._items[key] = (self.clock() + self.lifetime, value)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
 
 def _has_type(modules: Any, module_type: str) -> bool:
     return any(isinstance(m, dict) and m.get("type") == module_type for m in modules or ())
@@ -100,7 +96,3 @@ class ManagerTopology:
         modules = self.manager.list_exchange_modules(key)
         self._modules.put(key, modules)
         return _has_type(modules, module_type)
-
-    def clear(self) -> None:
-        self._clusters.clear()
-        self._modules.clear()

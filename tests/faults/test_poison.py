@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 import uuid
 from typing import Any
 
@@ -166,7 +165,7 @@ def test_poison_messages(build_system) -> None:
         f"{expected_dead} dead letters",
     )
     system.wait_all_completed(good + bad_workflows, timeout=90)
-    time.sleep(1)
+    wait_for(lambda: system.orchestration_backlog() == 0, 60, "the queue to be drained")
     dead.extend(system.dead_letters())
     assert len(dead) == expected_dead
     assert all(o.alive() for o in system.orchestrators) and system.restarts == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -240,7 +239,14 @@ def test_duplicate_callbacks_give_one_request_per_step_and_one_email(system: Sys
     )
     wf = system.wait_completed(wid)
     assert wf["workflow_error"] is False
-    time.sleep(1.0)  # let the duplicates arrive and be ignored
+    # each step's second callback arrives and is ignored as a duplicate
+    wait_for(
+        lambda: (
+            system.orchestrator.log().count(f"workflow {wid}: ignored a stale or duplicate message")
+            >= 2
+        ),
+        what="both duplicate callbacks to be ignored",
+    )
     steps = [req["current_step"] for _, _, req in system.recorder.requests[wid]]
     assert steps == ["build", "deploy"]
     mails = system.recorder.emails[wid]
