@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -316,7 +317,8 @@ def test_start_metrics_server_needs_one_source(tmp_path: Path) -> None:
 def restore_value_class(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """prepare_multiprocess switches process-wide state: put it back after the test."""
     monkeypatch.setattr(values, "ValueClass", values.ValueClass)
-    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    monkeypatch.setenv(MULTIPROC_ENV, "recorded")  # so the teardown restores it
+    monkeypatch.delenv(MULTIPROC_ENV)
     yield
     values.close_all_multiprocess_files()
 
@@ -444,3 +446,140 @@ def test_metrics_module_has_no_module_level_registry() -> None:
     assert not [
         name for name, value in vars(metrics_module).items() if isinstance(value, MetricWrapperBase)
     ]
+
+
+#: A Celery app wired the way the brief's recipe (module docstring) tells the task shell
+#: to: multiprocess mode prepared at worker_init (main process, before the pool forks),
+#: one Metrics per process, process_exited on worker_process_shutdown.
+CELERY_APP = """
+import os
+import signal
+import pathlib
+import signal
+
+from celery import Celery, signals
+
+from workflow_orchestrator.metrics import (
+    Metrics, prepare_multiprocess, process_exited, start_metrics_server,
+)
+
+app = Celery("metricsapp", broker=os.environ["TEST_BROKER_URL"], set_as_current=False)
+app.conf.update(
+    worker_prefetch_multiplier=1, task_acks_late=True, broker_connection_retry_on_startup=True
+)
+app.per_process = {}
+
+
+def metrics():
+    if app.per_process.get("pid") != os.getpid():
+        app.per_process.update(pid=os.getpid(), metrics=Metrics(milestones=["build"]))
+    return app.per_process["metrics"]
+
+
+@signals.worker_init.connect(weak=False)
+def start_endpoint(sender, **_):
+    if os.environ["TEST_POOL"] == "prefork":
+        mp = prepare_multiprocess(None)
+        app.per_process["dir"] = mp.path
+        server = start_metrics_server(0, multiprocess_dir=mp.path)
+    else:
+        server = start_metrics_server(0, registry=metrics().registry)
+    metrics()  # the main process's families show from the start, at 0
+    pathlib.Path(os.environ["TEST_URL_FILE"]).write_text(server.url)
+
+
+@signals.worker_process_shutdown.connect(weak=False)
+def child_exit(pid, **_):
+    process_exited(pid, app.per_process["dir"])
+
+
+@app.task(name="metricsapp.step")
+def step(outcome):
+    m = metrics()
+    with m.in_flight():
+        m.transition(outcome, 0.01)
+        if outcome == "applied":
+            m.step_finished("build", 12)
+
+
+@app.task(name="metricsapp.hold", acks_late=False)
+def hold(pid_file):
+    with metrics().in_flight():
+        pathlib.Path(pid_file).write_text(str(os.getpid()))
+        signal.pause()  # until the test SIGKILLs this pool process
+"""
+
+
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_a_celery_worker_scrape_counts_its_tasks(
+    pool: str, tmp_path: Path, broker_url: str
+) -> None:
+    from celery import Celery
+
+    from tests.services import token
+    from tests.support import WorkerProcess, wait_for
+
+    (tmp_path / "metricsapp.py").write_text(CELERY_APP)
+    url_file, pid_file = tmp_path / "url", tmp_path / "pid"
+    queue = f"metrics-test-{pool}-{token()}"
+
+    class MetricsApp(WorkerProcess):
+        app_module = "metricsapp"
+
+    worker = MetricsApp(
+        {
+            "TEST_BROKER_URL": broker_url,
+            "TEST_POOL": pool,
+            "TEST_URL_FILE": str(url_file),
+            "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}",
+        },
+        pool=pool,
+        concurrency=2,
+        name=f"metrics-{pool}",
+        queues=[queue],
+        cwd=tmp_path,
+        unset=(MULTIPROC_ENV,),  # the worker decides its mode itself
+    )
+    client = Celery("metrics-client", broker=broker_url, set_as_current=False)
+    worker.start()
+    try:
+        url = wait_for(
+            lambda: url_file.exists() and url_file.read_text(), 60, "the metrics endpoint"
+        )
+        for outcome in ["applied"] * 5 + ["duplicate"] * 3 + ["ahead"]:
+            client.send_task("metricsapp.step", args=[outcome], queue=queue)
+
+        def counted() -> dict | None:
+            got = scrape(url)
+            done = got.get((P + "transitions_total", (("outcome", "applied"),)))
+            return got if done == 5 and got.get((P + "transition_seconds_count", ())) == 9 else None
+
+        got = wait_for(counted, 60, "the tasks' transitions in the scrape")
+        assert got[(P + "transitions_total", (("outcome", "duplicate"),))] == 3
+        assert got[(P + "transitions_total", (("outcome", "ahead"),))] == 1
+        assert got[(P + "transitions_total", (("outcome", "inconsistent"),))] == 0
+        assert got[(P + "step_duration_seconds_count", (("milestone", "build"),))] == 5
+        assert got[(P + "step_duration_seconds_sum", (("milestone", "build"),))] == 60
+
+        if pool == "prefork":  # a pool process killed mid-message leaves no stuck gauge
+            client.send_task("metricsapp.hold", args=[str(pid_file)], queue=queue)
+            wait_for(lambda: scrape(url).get((P + "workflows_in_flight", ())) == 1, 60, "hold")
+            held = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 10, "pid"))
+            os.kill(held, signal.SIGKILL)
+            wait_for(
+                lambda: scrape(url).get((P + "workflows_in_flight", ())) == 0,
+                60,
+                "the killed process's gauge to be swept",
+            )
+            after = scrape(url)
+            assert after[(P + "transitions_total", (("outcome", "applied"),))] == 5
+    finally:
+        worker.stop()
+        with client.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+        client.close()
+    log = worker.log()
+    # No hook failed (Celery logs a failing signal handler and goes on); the SIGKILLed
+    # pool process's WorkerLostError is the only traceback expected.
+    assert "Signal handler" not in log and "metrics.py" not in log, log
+    assert log.count("Traceback (most recent") == (2 if pool == "prefork" else 0), log
