@@ -25,6 +25,7 @@ import click
 
 from . import __version__
 from .checks import BROKER_HINT, Check, explain_manager_error, run_checks, scrub_secrets
+from .dead_letters import list_dead_letters, replay_dead_letters
 from .errors import ManagerError, ManagerNotFound, SettingsError
 from .queue_migration import migrate_orchestration_queue
 from .settings import Settings, load_settings, redact_url
@@ -395,6 +396,45 @@ def check(ctx: click.Context, timeout: float) -> None:
     ]
     _print_checks(checks, settings)
     ctx.exit(EXIT_FAILED if any(c.ok is False for c in checks) else EXIT_OK)
+
+
+@cli.group("dead-letters", invoke_without_command=True)
+@click.pass_context
+def dead_letters(ctx: click.Context) -> None:
+    """List what the error queue holds: workflow id, reason and when (nothing is taken)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _state(ctx).load()
+    views = list_dead_letters(settings.celery_broker_url, settings.error_queue_name)
+    if not views:
+        click.echo(f"{settings.error_queue_name} is empty")
+        return
+    click.echo(f"{len(views)} message(s) in {settings.error_queue_name}:")
+    for view in views:
+        what = (
+            view.workflow_id or f"(no workflow; task {view.task or '?'}, id {view.task_id or '?'})"
+        )
+        click.echo(f"  {view.dead_lettered_at}  {what}  {view.reason}")
+
+
+@dead_letters.command("replay")
+@click.option("--id", "workflow_id", default=None, help="Replay the messages of this workflow.")
+@click.option("--all", "everything", is_flag=True, help="Replay every message.")
+@click.pass_context
+def replay(ctx: click.Context, workflow_id: str | None, everything: bool) -> None:
+    """Move dead letters back to the orchestration queue, each confirmed before its copy
+    in the error queue is acked."""
+    if (workflow_id is None) == (not everything):
+        raise click.UsageError("say which: --id WORKFLOW or --all (one of the two)")
+    settings = _state(ctx).load()
+    moved = replay_dead_letters(
+        settings.celery_broker_url, settings.error_queue_name, settings.queue_name, workflow_id
+    )
+    if not moved:
+        which = f"of workflow {workflow_id} " if workflow_id else ""
+        click.echo(f"no message {which}in {settings.error_queue_name}: nothing replayed")
+        ctx.exit(EXIT_FAILED)
+    click.echo(f"replayed {moved} message(s) to {settings.queue_name}")
 
 
 @cli.command(

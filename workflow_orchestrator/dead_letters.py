@@ -9,14 +9,18 @@ it is in both, and the duplicate handling of a replay absorbs that.
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from kombu import Connection, Producer
 
+from .envelope import workflow_id_of
 from .errors import PublishError
-from .queues import error_queue
+from .queues import error_queue, orchestration_queue
 from .timefmt import to_iso
 
 logger = logging.getLogger("workflow_orchestrator.dead_letters")
@@ -67,3 +71,105 @@ def publish_dead_letter(
         raise PublishError(
             f"could not dead-letter a message to {queue_name}: {type(exc).__name__}"
         ) from exc
+
+
+@dataclass(frozen=True)
+class DeadLetterView:
+    """One dead-lettered message as an operator reads it."""
+
+    workflow_id: str | None
+    reason: str
+    dead_lettered_at: str
+    task: str | None
+    task_id: str | None
+
+
+def _view(message: Any) -> DeadLetterView:
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    try:
+        body = json.loads(message.body)
+    except (TypeError, ValueError):
+        body = None
+    task, task_id = headers.get("task"), headers.get("id")
+    return DeadLetterView(
+        workflow_id=workflow_id_of(body),
+        reason=str(headers.get(REASON_HEADER, "(no reason recorded)")),
+        dead_lettered_at=str(headers.get(AT_HEADER, "")),
+        task=task if isinstance(task, str) else None,
+        task_id=task_id if isinstance(task_id, str) else None,
+    )
+
+
+def list_dead_letters(broker_url: str, queue_name: str) -> list[DeadLetterView]:
+    """What the error queue holds, oldest first, without taking anything from it: every
+    message is read unacknowledged and goes back when the channel closes."""
+    out: list[DeadLetterView] = []
+    with Connection(broker_url) as conn:
+        channel = conn.channel()
+        error_queue(queue_name)(channel).declare()
+        try:
+            while (message := channel.basic_get(queue_name, no_ack=False)) is not None:
+                out.append(_view(_Raw(message)))
+        finally:
+            channel.close()  # the unacknowledged messages return to the queue
+    return out
+
+
+@dataclass
+class _Raw:
+    """A py-amqp message seen through the attributes `_view` reads."""
+
+    message: Any
+
+    @property
+    def headers(self) -> Any:
+        return self.message.properties.get("application_headers") or {}
+
+    @property
+    def body(self) -> Any:
+        return self.message.body
+
+
+def replay_dead_letters(
+    broker_url: str, error_queue_name: str, queue_name: str, workflow_id: str | None
+) -> int:
+    """Move dead letters back to the orchestration queue (those of `workflow_id`, or all
+    when None), without the dead-letter headers. Each copy is confirmed before its dead
+    letter is acked: a crash mid-replay leaves a message in both queues at worst, which
+    the orchestrator's duplicate handling absorbs. Returns how many were moved."""
+    moved = 0
+    target = orchestration_queue(queue_name)
+    with Connection(broker_url, transport_options={"confirm_publish": True}) as conn:
+        channel = conn.channel()
+        producer = Producer(channel)
+        error_queue(error_queue_name)(channel).declare()
+        try:
+            while (message := channel.basic_get(error_queue_name, no_ack=False)) is not None:
+                raw = _Raw(message)
+                if workflow_id is not None and _view(raw).workflow_id != workflow_id:
+                    continue  # left for later: returns to the queue when the channel closes
+                properties = dict(message.properties)
+                headers = {
+                    k: v
+                    for k, v in (properties.pop("application_headers", None) or {}).items()
+                    if k not in (REASON_HEADER, AT_HEADER)
+                }
+                content_type = properties.pop("content_type", None) or "application/json"
+                encoding = properties.pop("content_encoding", None) or "utf-8"
+                properties.pop("delivery_mode", None)
+                producer.publish(
+                    message.body,
+                    exchange=target.exchange,
+                    routing_key=target.routing_key,
+                    headers=headers,
+                    content_type=content_type,
+                    content_encoding=encoding,
+                    delivery_mode=2,
+                    declare=[target],
+                    **properties,
+                )
+                channel.basic_ack(message.delivery_tag)
+                moved += 1
+        finally:
+            channel.close()
+    return moved

@@ -1,0 +1,49 @@
+"""`workflow-orchestrator dead-letters`: list the error queue, replay what an operator
+fixed (CONTRACT 11.3), against the real worker, broker and emulator."""
+
+from __future__ import annotations
+
+import uuid
+
+from click.testing import CliRunner
+
+from tests.support import wait_for
+from workflow_orchestrator.cli import cli
+from workflow_orchestrator.dead_letters import list_dead_letters
+
+from .conftest import System
+
+
+def test_an_unknown_workflow_replayed_once_it_exists_completes(system: System) -> None:
+    system.dead_letters()  # start from an empty error queue
+    settings = system.settings
+    env = settings.to_env()
+    runner = CliRunner()
+    workflow_id = str(uuid.uuid4())
+    system.start(workflow_id)
+
+    def held() -> list:
+        return list_dead_letters(settings.celery_broker_url, settings.error_queue_name)
+
+    wait_for(lambda: any(v.workflow_id == workflow_id for v in held()), what="the dead letter")
+    listed = runner.invoke(cli, ["dead-letters"], env=env)
+    assert listed.exit_code == 0, listed.output
+    (line,) = [x for x in listed.output.splitlines() if workflow_id in x]
+    assert "does not exist in the Manager" in line and line.strip().startswith("20")
+    assert len(held()) == 1  # listing takes nothing
+
+    usage = runner.invoke(cli, ["dead-letters", "replay"], env=env)
+    assert usage.exit_code == 2 and "--id WORKFLOW or --all" in usage.output
+    other = runner.invoke(cli, ["dead-letters", "replay", "--id", str(uuid.uuid4())], env=env)
+    assert other.exit_code == 1 and "nothing replayed" in other.output
+    assert len(held()) == 1
+
+    system.emulator.add_workflow(
+        {"id": workflow_id, "deployment_repo": "Test-Org/app_docker", "milestones": ["build"]}
+    )
+    replayed = runner.invoke(cli, ["dead-letters", "replay", "--id", workflow_id], env=env)
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed 1 message(s)" in replayed.output
+    done = system.wait_completed(workflow_id)
+    assert done["workflow_error"] is False
+    assert held() == []
