@@ -22,6 +22,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,6 +34,7 @@ from kombu.utils.url import url_to_parts
 
 from .brokers import Endpoint, Route
 from .errors import PublishError
+from .metrics import NullMetrics, OrchestratorMetrics
 from .queues import worker_queue
 
 logger = logging.getLogger("workflow_orchestrator.broker_pool")
@@ -170,6 +172,7 @@ class BrokerPublisher:
         acquire_timeout: float = 10.0,
         own_retry_policy: dict[str, Any] | None = None,
         on_broker_failure: Callable[[str], None] | None = None,
+        metrics: OrchestratorMetrics | None = None,
     ) -> None:
         if pool_limit < 1:
             raise ValueError("pool_limit must be at least 1")
@@ -182,6 +185,7 @@ class BrokerPublisher:
         self.acquire_timeout = acquire_timeout
         self.own_retry_policy = dict(own_retry_policy or OWN_RETRY_POLICY)
         self.on_broker_failure = on_broker_failure
+        self.metrics: OrchestratorMetrics = metrics or NullMetrics()
         self._pools: dict[str, _UrlPool] = {}
         self._lock = threading.Lock()
 
@@ -218,6 +222,7 @@ class BrokerPublisher:
         }
         failures: list[str] = []
         for endpoint in route.endpoints:
+            started = time.perf_counter()
             try:
                 if endpoint.own:
                     self._publish_own(task, message)
@@ -238,6 +243,7 @@ class BrokerPublisher:
                 if self.on_broker_failure is not None and not endpoint.own:
                     self.on_broker_failure(endpoint.broker_id)
                 continue
+            self.metrics.publish(endpoint.broker_id, time.perf_counter() - started)
             if failures:
                 logger.warning(
                     "published %s (task id %s) to failover %s", task, task_id, endpoint.display

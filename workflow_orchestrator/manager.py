@@ -28,7 +28,9 @@ from .errors import (
     ManagerPermanentError,
     ManagerTransientError,
 )
+from .metrics import NullMetrics, OrchestratorMetrics, call_label
 from .settings import Settings
+from .tracing import NullTracing, Tracing
 from .workflow import JSON_TEXT_FIELDS, persisted_view
 
 log = logging.getLogger("workflow_orchestrator.manager")
@@ -247,14 +249,23 @@ class ManagerClient:
         connect_timeout: float = 3.05,
         read_timeout: float = 15.0,
         session: requests.Session | None = None,
+        metrics: OrchestratorMetrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
         self.timeout = (connect_timeout, read_timeout)
         self._session = session or new_session()
+        self.metrics: OrchestratorMetrics = metrics or NullMetrics()
+        self.tracing: Tracing = tracing or NullTracing()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ManagerClient:
+    def from_settings(
+        cls,
+        settings: Settings,
+        metrics: OrchestratorMetrics | None = None,
+        tracing: Tracing | None = None,
+    ) -> ManagerClient:
         """The client the worker uses: token source and API share one session."""
         session = new_session()
         tokens = TokenSource(
@@ -272,6 +283,8 @@ class ManagerClient:
             connect_timeout=settings.manager_connect_timeout,
             read_timeout=settings.manager_read_timeout,
             session=session,
+            metrics=metrics,
+            tracing=tracing,
         )
 
     def __repr__(self) -> str:
@@ -429,21 +442,24 @@ class ManagerClient:
         data = None if body is None else json.dumps(body).encode("utf-8")
         started = time.perf_counter()
         try:
-            response = self._session.request(
-                method,
-                self.base_url + path,
-                headers=headers,
-                data=data,
-                params=params,
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
+            with self.tracing.span(f"manager {call_label(call)}", manager_call=call_label(call)):
+                response = self._session.request(
+                    method,
+                    self.base_url + path,
+                    headers=headers,
+                    data=data,
+                    params=params,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
         except requests.RequestException as exc:
-            ms = (time.perf_counter() - started) * 1000
-            log.debug("%s failed after %.1f ms: %s", call, ms, type(exc).__name__)
+            seconds = time.perf_counter() - started
+            self.metrics.manager_call(call, None, seconds)
+            log.debug("%s failed after %.1f ms: %s", call, seconds * 1000, type(exc).__name__)
             raise _transport_error(call, exc) from exc
-        ms = (time.perf_counter() - started) * 1000
-        log.debug("%s -> %s in %.1f ms", call, response.status_code, ms)
+        seconds = time.perf_counter() - started
+        self.metrics.manager_call(call, response.status_code, seconds)
+        log.debug("%s -> %s in %.1f ms", call, response.status_code, seconds * 1000)
         return response
 
     def _scrub(self, text: str, token: str | None) -> str:

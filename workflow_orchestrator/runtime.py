@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,10 +19,12 @@ from .broker_pool import BrokerPublisher
 from .brokers import BrokerResolver
 from .locking import WorkflowLocks, locks_from_settings
 from .manager import ManagerClient, fit_workload
+from .metrics import NullMetrics, OrchestratorMetrics, metrics_for
 from .milestones import Target, Targets, build_registry
 from .publisher import Publisher
 from .settings import Settings
 from .topology import ManagerTopology
+from .tracing import NullTracing, Tracing, setup_tracing
 from .transition import EngineConfig
 
 logger = logging.getLogger("workflow_orchestrator.runtime")
@@ -101,6 +103,8 @@ class Runtime:
     publisher: Publisher
     config: EngineConfig
     clock: Callable[[], datetime] = utc_now
+    metrics: OrchestratorMetrics = field(default_factory=NullMetrics)
+    tracing: Tracing = field(default_factory=NullTracing)
 
     def report_problem(
         self, kind: str, message: str, *, workflow_id: Any = None, message_id: Any = None
@@ -119,7 +123,10 @@ class Runtime:
 
 
 def build_runtime(app: Celery, settings: Settings) -> Runtime:
-    manager = ManagerClient.from_settings(settings)
+    config = engine_config(settings)
+    metrics = metrics_for(settings.metrics_port is not None, milestones=list(config.registry))
+    tracing = setup_tracing()  # per process: after a prefork child's fork
+    manager = ManagerClient.from_settings(settings, metrics=metrics, tracing=tracing)
     resolver = BrokerResolver(
         manager,
         settings.exchange_id,
@@ -131,6 +138,7 @@ def build_runtime(app: Celery, settings: Settings) -> Runtime:
         app,
         queue_arguments=settings.worker_queue_arguments,
         on_broker_failure=resolver.forget_broker,
+        metrics=metrics,
     )
     return Runtime(
         settings=settings,
@@ -149,5 +157,7 @@ def build_runtime(app: Celery, settings: Settings) -> Runtime:
             hipchat=(settings.hipchat_task, settings.hipchat_queue),
             email=(settings.email_task, settings.email_queue),
         ),
-        config=engine_config(settings),
+        config=config,
+        metrics=metrics,
+        tracing=tracing,
     )

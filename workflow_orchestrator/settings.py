@@ -78,6 +78,12 @@ SETTINGS_DOC: dict[str, tuple[Any, str]] = {
         "Worker and notification queues declared `none` (as Celery does) or `openaperture` "
         "(with OpenAperture's dead-letter arguments, for a broker shared with its modules)",
     ),
+    "METRICS_PORT": ("", "Port of the worker's Prometheus endpoint; empty means no metrics"),
+    "METRICS_ADDRESS": ("127.0.0.1", "Address the metrics endpoint listens on"),
+    "METRICS_MULTIPROC_DIR": (
+        "",
+        "Prefork pool: directory of the per-process metric files; empty means a fresh temp dir",
+    ),
     "MODULE_HEARTBEAT_SECONDS": (
         30.0,
         "Seconds between two registrations of this module with the Manager (its heartbeat)",
@@ -90,6 +96,18 @@ def _url(name: str, value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise SettingsError(name, f"must be an http(s) URL, got {value!r}")
     return value.rstrip("/")
+
+
+def _port_or_none(value: str) -> int | None:
+    if not value:
+        return None
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise SettingsError("METRICS_PORT", f"must be a port number (0-65535), got {value!r}")
+    return port
+
+
+_port_or_none.__name__ = "port"
 
 
 def _positive(name: str, value: float) -> float:
@@ -173,6 +191,9 @@ class Settings:
     log_format: str = "text"
     module_heartbeat_seconds: float = 30.0
     worker_queue_arguments: str = "none"
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
+    metrics_multiproc_dir: str = ""
 
     def __post_init__(self) -> None:
         # Derived defaults, so callers constructing Settings directly (tests) get them too.
@@ -194,7 +215,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "extra_milestones":
                 value = ",".join(f"{m.name}={m.task}@{m.queue}" for m in value)
-            env[f.name.upper()] = str(value)
+            env[f.name.upper()] = "" if value is None else str(value)
         return env
 
     def describe(self) -> dict[str, Any]:
@@ -299,6 +320,9 @@ def load_settings(config: Callable[..., Any] | None = None) -> Settings:
         module_heartbeat_seconds=_positive(
             "MODULE_HEARTBEAT_SECONDS", read("MODULE_HEARTBEAT_SECONDS", float)
         ),
+        metrics_port=read("METRICS_PORT", _port_or_none),
+        metrics_address=read("METRICS_ADDRESS"),
+        metrics_multiproc_dir=read("METRICS_MULTIPROC_DIR"),
         worker_queue_arguments=read(
             "WORKER_QUEUE_ARGUMENTS", _choice("WORKER_QUEUE_ARGUMENTS", ("none", "openaperture"))
         ),

@@ -19,6 +19,7 @@ from celery import Celery, bootsteps
 from celery.worker import state as worker_state
 
 from .errors import CredentialsRejected, ManagerError
+from .metrics import prepare_multiprocess, start_metrics_server
 from .queue_migration import queue_migration_hint
 from .queues import error_queue, orchestration_queue
 
@@ -134,7 +135,48 @@ class Heartbeat(bootsteps.StartStopStep):
             logger.warning("could not register as inactive with the Manager: %s", exc)
 
 
+class MetricsEndpoint(bootsteps.StartStopStep):
+    """The Prometheus endpoint when METRICS_PORT is set, in the worker's main process.
+
+    Under prefork every pool process writes its own metric files (prometheus_client's
+    multiprocess mode, switched on here, before the pool forks) and the scrape merges
+    them; under threads the one process's registry is served.
+    """
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        settings = worker.app.settings
+        self._server: Any = None
+        self._files: Any = None
+        self.enabled = settings.metrics_port is not None
+        pool = getattr(worker, "pool_cls", None)
+        if self.enabled and "prefork" in str(getattr(pool, "__module__", pool)):
+            self._files = prepare_multiprocess(settings.metrics_multiproc_dir or None)
+
+    def start(self, worker: Any) -> None:
+        if not self.enabled:
+            return
+        settings = worker.app.settings
+        if self._files is not None:
+            source: dict[str, Any] = {"multiprocess_dir": self._files.path}
+        else:
+            source = {"registry": worker.app.runtime.metrics.registry}
+        self._server = start_metrics_server(
+            settings.metrics_port, address=settings.metrics_address, **source
+        )
+        logger.info("metrics at %s", self._server.url)
+
+    def stop(self, worker: Any) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._files is not None:
+            self._files.close()
+            self._files = None
+
+
 def install_startup_steps(app: Celery) -> None:
     app.steps["worker"].add(CheckAtStart)
+    app.steps["worker"].add(MetricsEndpoint)
     app.steps["worker"].add(Heartbeat)
     app.steps["consumer"].add(DeclareErrorQueue)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any
 
 from celery import Celery, Task
@@ -107,10 +108,11 @@ def process(
     try:
         if redelivered:
             _bound_redeliveries(rt, workflow_id, message_key)
-        with rt.locks.hold(workflow_id):
+        with rt.metrics.in_flight(), rt.locks.hold(workflow_id):
             return _transition(rt, request, message_key, ahead_since)
     except CredentialsRejected as exc:
         # A configuration error, not this message's: keep it, however long it takes.
+        rt.metrics.retry("credentials")
         _retry_later(
             rt,
             workflow_id,
@@ -128,6 +130,7 @@ def process(
                 f"Gave up on a message for workflow {workflow_id} after {attempts - 1} "
                 f"retries: {exc}",
             )
+        rt.metrics.retry("transient")
         _retry_later(rt, workflow_id, attempts, exc, attempts=attempts, ahead_since=ahead_since)
     except ManagerNotFound as exc:
         dead(
@@ -164,6 +167,7 @@ def _transition(
     rt: Runtime, request: dict[str, Any], message_key: str, ahead_since: str | None
 ) -> str:
     workflow_id = request["id"]
+    started = time.perf_counter()
     stored = rt.manager.get_workflow(workflow_id)
     crash_point("after_load", workflow_id)
     now = rt.clock()
@@ -180,6 +184,8 @@ def _transition(
         message_key=message_key,
         ahead_since=parse_instant(ahead_since),
     )
+    if decision.outcome is not Outcome.APPLIED:
+        rt.metrics.transition(decision.outcome.value)
     if decision.outcome is Outcome.DUPLICATE:
         logger.info(
             "workflow %s: ignored a stale or duplicate message: %s", workflow_id, decision.summary
@@ -187,6 +193,7 @@ def _transition(
         return f"ignored: {decision.summary}"
     if decision.outcome is Outcome.AHEAD:
         logger.info("workflow %s: %s; retrying shortly", workflow_id, decision.summary)
+        rt.metrics.retry("ahead")
         raise RetryLater(
             rt.settings.out_of_order_retry_seconds,
             decision.summary,
@@ -208,8 +215,26 @@ def _transition(
         rt.report_problem(
             "manager_refused", event.message, workflow_id=workflow_id, message_id=message_key
         )
+    rt.metrics.transition(Outcome.APPLIED.value, time.perf_counter() - started)
+    _count_applied(rt, stored, request, decision.workflow, now)
     logger.info("workflow %s: %s", workflow_id, decision.summary)
     return decision.summary
+
+
+def _count_applied(
+    rt: Runtime,
+    stored: dict[str, Any],
+    request: dict[str, Any],
+    workflow: dict[str, Any],
+    now: Any,
+) -> None:
+    """Step durations and finished workflows, for the metrics."""
+    step = request.get("current_step")
+    started = parse_instant(request.get("step_time"))
+    if step and started is not None:
+        rt.metrics.step_finished(str(step), (now - started).total_seconds())
+    if workflow.get("workflow_completed") and not stored.get("workflow_completed"):
+        rt.metrics.finished("failed" if workflow.get("workflow_error") else "succeeded")
 
 
 def _publish_before_save(
@@ -240,6 +265,7 @@ def _dead_letter(
     rt: Runtime, kind: str, reason: str, workflow_id: str | None, message_key: str
 ) -> None:
     logger.error("%s; the message goes to the dead-letter queue", reason)
+    rt.metrics.dead_letter(kind)
     rt.report_problem(kind, reason, workflow_id=workflow_id, message_id=message_key)
     raise DeadLetter(reason)
 
@@ -263,9 +289,13 @@ def orchestrate(
     step = payload.get("current_step") if isinstance(payload, dict) else None
     workflow_id = payload.get("id") if isinstance(payload, dict) else None
     try:
-        with transition_context(workflow_id=workflow_id, step=step, task_id=self.request.id):
+        runtime = self.app.runtime
+        with (
+            transition_context(workflow_id=workflow_id, step=step, task_id=self.request.id),
+            runtime.tracing.span("orchestrate", workflow_id=workflow_id, workflow_step=step),
+        ):
             return process(
-                self.app.runtime,
+                runtime,
                 payload,
                 message_key=self.request.id,
                 extra_args=extra_args,
