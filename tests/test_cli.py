@@ -39,7 +39,7 @@ from tests.support import (
     wait_registered,
 )
 from workflow_orchestrator.cli import LiveLine, cli, follow
-from workflow_orchestrator.demo import Inbox, peer_queues, register_demo_workers
+from workflow_orchestrator.demo_system import Inbox, peer_queues, register_demo_workers
 from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.errors import ManagerNotFound, ManagerTransientError
 from workflow_orchestrator.settings import Settings
