@@ -33,13 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import (  # noqa: E402
-    RESULTS,
-    BenchError,
-    System,
-    procfile_worker,
-    wait_for_quiet,
-)
+from bench.common import RESULTS, BenchError  # noqa: E402
+from bench.harness import System  # noqa: E402
+from bench.measure import wait_for_quiet  # noqa: E402
+from bench.processes import procfile_worker  # noqa: E402
 
 #: (area, alternatives): a sample belongs to the first area one of whose alternatives
 #: (a tuple of substrings, all required) occurs in its stack.

@@ -56,15 +56,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import (  # noqa: E402
-    RESULTS,
-    BenchError,
-    System,
-    machine,
-    measured_worker,
-    procfile_worker,
-    rabbitmq_version,
-)
+from bench.common import RESULTS, BenchError  # noqa: E402
+from bench.harness import System, measured_worker  # noqa: E402
+from bench.measure import machine, rabbitmq_version  # noqa: E402
+from bench.processes import procfile_worker  # noqa: E402
 
 TARGETS = {
     "throughput_ratio_min": 0.8,

@@ -30,14 +30,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import (  # noqa: E402
-    RESULTS,
-    BenchError,
-    System,
-    machine,
-    measured_worker,
-    procfile_worker,
-)
+from bench.common import RESULTS, BenchError  # noqa: E402
+from bench.harness import System, measured_worker  # noqa: E402
+from bench.measure import machine  # noqa: E402
+from bench.processes import procfile_worker  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
