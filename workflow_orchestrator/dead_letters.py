@@ -16,10 +16,11 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
-from kombu import Connection, Producer
+from kombu import Connection
 
 from .envelope import workflow_id_of
 from .errors import PublishError
+from .queue_migration import move_messages
 from .queues import error_queue, orchestration_queue
 from .timefmt import to_iso
 
@@ -131,45 +132,22 @@ class _Raw:
 
 
 def replay_dead_letters(
-    broker_url: str, error_queue_name: str, queue_name: str, workflow_id: str | None
+    broker_url: str, error_name: str, queue_name: str, workflow_id: str | None
 ) -> int:
     """Move dead letters back to the orchestration queue (those of `workflow_id`, or all
     when None), without the dead-letter headers. Each copy is confirmed before its dead
     letter is acked: a crash mid-replay leaves a message in both queues at worst, which
     the orchestrator's duplicate handling absorbs. Returns how many were moved."""
-    moved = 0
-    target = orchestration_queue(queue_name)
+
+    def wanted(message: Any) -> bool:
+        return workflow_id is None or _view(_Raw(message)).workflow_id == workflow_id
+
     with Connection(broker_url, transport_options={"confirm_publish": True}) as conn:
-        channel = conn.channel()
-        producer = Producer(channel)
-        error_queue(error_queue_name)(channel).declare()
-        try:
-            while (message := channel.basic_get(error_queue_name, no_ack=False)) is not None:
-                raw = _Raw(message)
-                if workflow_id is not None and _view(raw).workflow_id != workflow_id:
-                    continue  # left for later: returns to the queue when the channel closes
-                properties = dict(message.properties)
-                headers = {
-                    k: v
-                    for k, v in (properties.pop("application_headers", None) or {}).items()
-                    if k not in (REASON_HEADER, AT_HEADER)
-                }
-                content_type = properties.pop("content_type", None) or "application/json"
-                encoding = properties.pop("content_encoding", None) or "utf-8"
-                properties.pop("delivery_mode", None)
-                producer.publish(
-                    message.body,
-                    exchange=target.exchange,
-                    routing_key=target.routing_key,
-                    headers=headers,
-                    content_type=content_type,
-                    content_encoding=encoding,
-                    delivery_mode=2,
-                    declare=[target],
-                    **properties,
-                )
-                channel.basic_ack(message.delivery_tag)
-                moved += 1
-        finally:
-            channel.close()
-    return moved
+        error_queue(error_name)(conn.default_channel).declare()
+        return move_messages(
+            conn,
+            error_name,
+            orchestration_queue(queue_name),
+            select=wanted,
+            drop_headers=(REASON_HEADER, AT_HEADER),
+        )

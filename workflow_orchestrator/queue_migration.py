@@ -11,7 +11,9 @@ by them, they are not lost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from amqp.exceptions import NotFound, PreconditionFailed
 from kombu import Connection, Producer, Queue
@@ -50,15 +52,28 @@ def _exists(conn: Connection, name: str) -> bool:
             pass
 
 
-def _move(conn: Connection, source: str, target: Queue) -> int:
-    """Copy every message of `source` to `target` (confirmed), acking each original."""
+def move_messages(
+    conn: Connection,
+    source: str,
+    target: Queue,
+    *,
+    select: Callable[[Any], bool] | None = None,
+    drop_headers: tuple[str, ...] = (),
+) -> int:
+    """Copy the messages of `source` that `select` takes (all by default) to `target`,
+    each confirmed before its original is acked; returns how many moved. Messages not
+    taken go back to `source` when the channel closes. Body and properties are kept;
+    `drop_headers` are left out of the copy."""
     channel = conn.channel()
     producer = Producer(channel)
     moved = 0
     try:
         while (message := channel.basic_get(source, no_ack=False)) is not None:
+            if select is not None and not select(message):
+                continue
             properties = dict(message.properties)
             headers = properties.pop("application_headers", None) or {}
+            headers = {k: v for k, v in headers.items() if k not in drop_headers}
             content_type = properties.pop("content_type", None) or "application/octet-stream"
             encoding = properties.pop("content_encoding", None) or "binary"
             properties.pop("delivery_mode", None)
@@ -107,7 +122,7 @@ def migrate_orchestration_queue(broker_url: str, name: str) -> Migration:
         moved = 0
         if not plain:
             for _ in range(100):  # a caller may still publish to it: drain until empty
-                moved += _move(conn, name, holding)
+                moved += move_messages(conn, name, holding)
                 channel = conn.channel()
                 try:
                     channel.queue_delete(name, if_empty=True)
@@ -123,7 +138,7 @@ def migrate_orchestration_queue(broker_url: str, name: str) -> Migration:
                 raise RuntimeError(f"queue {name!r} kept receiving messages; stop its callers")
             if not declares_plain(conn, name):
                 raise RuntimeError(f"queue {name!r} could not be declared again")
-        _move(conn, holding.name, orchestration_queue(name))
+        move_messages(conn, holding.name, orchestration_queue(name))
         channel = conn.channel()
         channel.queue_delete(holding.name, if_empty=True)
         channel.close()

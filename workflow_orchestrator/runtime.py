@@ -19,7 +19,7 @@ from .broker_pool import BrokerPublisher
 from .brokers import BrokerResolver
 from .locking import WorkflowLocks, locks_from_settings
 from .manager import ManagerClient, fit_workload
-from .metrics import NullMetrics, OrchestratorMetrics, metrics_for
+from .metrics import DEAD_LETTER_KINDS, NullMetrics, OrchestratorMetrics, metrics_for
 from .milestones import Target, Targets, build_registry
 from .publisher import Publisher
 from .settings import Settings
@@ -29,15 +29,9 @@ from .transition import EngineConfig
 
 logger = logging.getLogger("workflow_orchestrator.runtime")
 
-#: `data.kind` of the system events the orchestrator posts (docs/behaviour.md §6).
-EVENT_KINDS = (
-    "invalid_message",
-    "unknown_workflow",
-    "inconsistent_message",
-    "manager_refused",
-    "gave_up",
-    "unexpected_error",
-)
+#: `data.kind` of the system events the orchestrator posts (CONTRACT.md 6); each is
+#: also a dead letter's kind in the metrics.
+EVENT_KINDS = DEAD_LETTER_KINDS
 
 
 def utc_now() -> datetime:
