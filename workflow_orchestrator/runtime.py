@@ -54,6 +54,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         schedule_poll_seconds=settings.schedule_poll_seconds,
         out_of_order_timeout=settings.out_of_order_timeout,
         registry=build_registry(targets, extra),
+        step_timeouts=dict(settings.step_timeouts),
+        step_timeout_default=settings.step_timeout_default,
     )
 
 

@@ -73,6 +73,14 @@ SETTINGS_DOC: dict[str, tuple[Any, str]] = {
         "More milestones, `name=task@queue` separated by commas (dispatched to EXCHANGE_ID)",
     ),
     "LOG_FORMAT": ("text", "`text` or `json` log lines"),
+    "STEP_TIMEOUTS": (
+        "",
+        "Deadlines per milestone, e.g. `build=2h,deploy=45m` (units s, m, h)",
+    ),
+    "STEP_TIMEOUT_DEFAULT": (
+        "3h",
+        "Deadline of a milestone STEP_TIMEOUTS does not name; `0`: none",
+    ),
     "WORKER_QUEUE_ARGUMENTS": (
         "none",
         "Worker and notification queues declared `none` (as Celery does) or `openaperture` "
@@ -124,6 +132,33 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(name: str, text: str) -> float:
+    """`90s`, `45m`, `2h` (or plain seconds) -> seconds; `0` means none."""
+    value = text.strip().lower()
+    number, unit = (value[:-1], value[-1]) if value[-1:] in _UNIT_SECONDS else (value, "s")
+    try:
+        seconds = float(number) * _UNIT_SECONDS[unit]
+    except ValueError:
+        raise SettingsError(name, f"is not a duration like 45m or 2h: {text!r}") from None
+    if seconds < 0:
+        raise SettingsError(name, f"must not be negative: {text!r}")
+    return seconds
+
+
+def parse_step_timeouts(text: str) -> tuple[tuple[str, float], ...]:
+    """`build=2h,deploy=45m` -> ((build, 7200.0), (deploy, 2700.0))."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        step, sep, duration = item.partition("=")
+        if not (sep and step.strip() and duration.strip()):
+            raise SettingsError("STEP_TIMEOUTS", f"entry {item!r} is not of the form step=duration")
+        out.append((step.strip(), parse_duration("STEP_TIMEOUTS", duration)))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -190,6 +225,8 @@ class Settings:
     extra_milestones: tuple[ExtraMilestone, ...] = ()
     log_format: str = "text"
     module_heartbeat_seconds: float = 30.0
+    step_timeouts: tuple[tuple[str, float], ...] = ()
+    step_timeout_default: float = 10800.0
     worker_queue_arguments: str = "none"
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
@@ -215,6 +252,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "extra_milestones":
                 value = ",".join(f"{m.name}={m.task}@{m.queue}" for m in value)
+            elif f.name == "step_timeouts":
+                value = ",".join(f"{step}={seconds:g}s" for step, seconds in value)
             env[f.name.upper()] = "" if value is None else str(value)
         return env
 
@@ -317,6 +356,10 @@ def load_settings(config: Callable[..., Any] | None = None) -> Settings:
         email_queue=read("EMAIL_QUEUE"),
         extra_milestones=read("EXTRA_MILESTONES", parse_extra_milestones),
         log_format=read("LOG_FORMAT", _choice("LOG_FORMAT", ("text", "json"))),
+        step_timeouts=read("STEP_TIMEOUTS", parse_step_timeouts),
+        step_timeout_default=read(
+            "STEP_TIMEOUT_DEFAULT", lambda v: parse_duration("STEP_TIMEOUT_DEFAULT", v)
+        ),
         module_heartbeat_seconds=_positive(
             "MODULE_HEARTBEAT_SECONDS", read("MODULE_HEARTBEAT_SECONDS", float)
         ),

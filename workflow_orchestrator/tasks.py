@@ -8,6 +8,7 @@ three answers: retry later with backoff (transient), dead-letter with a system e
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -33,6 +34,8 @@ from .request import describe_payload, parse_request
 from .runtime import Runtime
 from .timefmt import parse_instant, to_iso
 from .transition import (
+    CARRIED_FIELDS,
+    CONTROL_KEY,
     EmailNotification,
     Outcome,
     WorkerRequest,
@@ -172,7 +175,9 @@ def _transition(
     crash_point("after_load", workflow_id)
     now = rt.clock()
     state = state_fingerprint(stored)
-    if classify(stored, request)[0] is None:  # it will be applied: maybe a redo
+    control = isinstance(request.get(CONTROL_KEY), dict)
+    last_dispatch = _last_dispatch(rt, workflow_id)
+    if control or classify(stored, request)[0] is None:  # it may be applied: maybe a redo
         first = rt.locks.transition_time(workflow_id, state, to_iso(now))
         now = parse_instant(first) or now
     decision = transition(
@@ -183,9 +188,18 @@ def _transition(
         config=rt.config,
         message_key=message_key,
         ahead_since=parse_instant(ahead_since),
+        last_dispatch=last_dispatch,
     )
     if decision.outcome is not Outcome.APPLIED:
         rt.metrics.transition(decision.outcome.value)
+    if decision.outcome is Outcome.NOTHING:
+        logger.info("workflow %s: %s", workflow_id, decision.summary)
+        return decision.summary
+    if decision.outcome is Outcome.REQUEUE:
+        for effect in decision.before_save:
+            rt.publisher.worker_request(effect)
+        logger.info("workflow %s: %s", workflow_id, decision.summary)
+        return decision.summary
     if decision.outcome is Outcome.DUPLICATE:
         logger.info(
             "workflow %s: ignored a stale or duplicate message: %s", workflow_id, decision.summary
@@ -237,6 +251,23 @@ def _count_applied(
         rt.metrics.finished("failed" if workflow.get("workflow_error") else "succeeded")
 
 
+def _last_dispatch(rt: Runtime, workflow_id: str) -> dict[str, Any] | None:
+    """The last step dispatched for this workflow, as remembered beside its lock."""
+    raw = rt.locks.recall(workflow_id, "dispatch")
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _remember_dispatch(rt: Runtime, workflow_id: str, request: WorkerRequest) -> None:
+    """What a deadline, cancel or retry needs that the Manager does not store."""
+    payload = request.payload
+    record = {"step": request.step, **{k: payload.get(k) for k in CARRIED_FIELDS}}
+    rt.locks.remember(workflow_id, "dispatch", json.dumps(record))
+
+
 def _publish_before_save(
     rt: Runtime, workflow_id: str, state: str, effects: tuple[Any, ...]
 ) -> None:
@@ -255,6 +286,8 @@ def _publish_before_save(
             continue
         if isinstance(effect, WorkerRequest):
             rt.publisher.worker_request(effect)
+            if effect.queue != rt.settings.queue_name:  # a worker's step: remember its start
+                _remember_dispatch(rt, workflow_id, effect)
         elif isinstance(effect, EmailNotification):
             rt.publisher.email(effect, workflow_id)
         done.add(effect.task_id)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from .choice import run_key
-from .durations import elapsed
+from .durations import describe_seconds, elapsed
 from .milestones import (
     Dispatched,
     Failed,
@@ -55,6 +56,8 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"  # stale or repeated message: change nothing, ack
     AHEAD = "ahead"  # reports a step the store has not reached yet: retry shortly
     INCONSISTENT = "inconsistent"  # can never apply: system event, dead-letter
+    NOTHING = "nothing"  # an operator control with nothing to do: change nothing, ack
+    REQUEUE = "requeue"  # a deadline not yet due: publish it again, save nothing
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,12 @@ class EngineConfig:
     schedule_poll_seconds: int = 600
     out_of_order_timeout: float = 300.0
     registry: Mapping[str, Milestone] = field(default_factory=build_registry)
+    #: Step deadlines in seconds (docs/behaviour.md §11.1); 0 means none.
+    step_timeouts: Mapping[str, float] = field(default_factory=dict)
+    step_timeout_default: float = 0.0
+
+    def step_timeout(self, step: str) -> float:
+        return float(self.step_timeouts.get(step, self.step_timeout_default))
 
     def routing_fields(self) -> dict[str, Any]:
         """Fields every outgoing request carries so workers can call back (docs/behaviour.md §5)."""
@@ -156,9 +165,31 @@ def state_fingerprint(stored: dict[str, Any]) -> str:
     return digest.hexdigest()[:32]
 
 
-def email_task_id(workflow_id: str) -> str:
-    """One completion e-mail id per workflow, whatever message completes it."""
+def email_task_id(workflow_id: str, retries: int = 0) -> str:
+    """One completion e-mail id per workflow run, whatever message completes it; a run
+    retried by an operator has its own (its retry number)."""
+    if retries:
+        return derived_task_id(workflow_id, "on_workflow_completed", retries)
     return derived_task_id(workflow_id, "on_workflow_completed")
+
+
+#: The key of an operator control or deadline message (docs/behaviour.md §11).
+CONTROL_KEY = "orchestrator_control"
+RETRY_LINE = "Retrying Workflow Milestone: "
+
+
+def retries_of(workflow: dict[str, Any]) -> int:
+    """How often an operator retried this workflow: its log says so, and the Manager
+    stores the log, so every worker derives the same number."""
+    log = workflow.get("event_log") or []
+    return sum(1 for line in log if isinstance(line, str) and RETRY_LINE in line)
+
+
+def run_key_of(workflow: dict[str, Any], message_key: str) -> str:
+    """What identifies this run of the workflow in the ids the transition derives."""
+    started = workflow.get("workflow_start_time") or message_key
+    retries = retries_of(workflow)
+    return f"{started}#retry{retries}" if retries else str(started)
 
 
 def _position(milestones: list[str], step: Any) -> int | None:
@@ -224,6 +255,7 @@ def transition(
     config: EngineConfig,
     message_key: str,
     ahead_since: datetime | None = None,
+    last_dispatch: Mapping[str, Any] | None = None,
 ) -> Decision:
     """Decide what one message does to its workflow.
 
@@ -233,6 +265,9 @@ def transition(
     `ahead_since` is when this message was first found ahead of the store.
     """
     stored, message = _no_empty_step(stored), _no_empty_step(message)
+    control = message.get(CONTROL_KEY)
+    if isinstance(control, dict):
+        return _control(stored, message, control, now, topology, config, last_dispatch)
     outcome, why = classify(stored, message)
     if outcome is Outcome.AHEAD:
         waited = (now - ahead_since).total_seconds() if ahead_since else 0.0
@@ -251,9 +286,107 @@ def transition(
     # The run's start time travels in every request and callback, so any copy of a
     # message for this run derives the same ids; a start message has none yet, and
     # its own identity (kept by redelivery) stands in.
-    run_started = workflow.get("workflow_start_time") or message_key
-    run = _Run(workflow, now, topology, config, run_started)
+    run = _Run(workflow, now, topology, config, run_key_of(workflow, message_key))
     run.apply(message)
+    return Decision(Outcome.APPLIED, run.summary, run.workflow, tuple(run.effects))
+
+
+#: What a control needs that the Manager does not store, from the last dispatch.
+CARRIED_FIELDS = ("workflow_start_time", "step_time", "notifications_config")
+
+
+def _control(
+    stored: dict[str, Any],
+    message: dict[str, Any],
+    control: dict[str, Any],
+    now: datetime,
+    topology: Topology,
+    config: EngineConfig,
+    last_dispatch: Mapping[str, Any] | None,
+) -> Decision:
+    """A deadline, `cancel` or `retry` (docs/behaviour.md §11): each acts once."""
+    kind = control.get("kind")
+    wid = stored.get("id") or message.get("id")
+    step = stored.get("current_step")
+    last = dict(last_dispatch or {})
+    carried = {k: last.get(k) for k in CARRIED_FIELDS if last.get(k) is not None}
+    if kind == "deadline":
+        return _deadline(stored, message, control, now, topology, config, last)
+    if kind == "cancel":
+        if stored.get("workflow_completed"):
+            return Decision(
+                Outcome.NOTHING, f"workflow {wid} is already completed: nothing to cancel"
+            )
+        reason = control.get("reason")
+        text = f"Cancelled by an operator: {reason}" if reason else "Cancelled by an operator"
+        workflow = _prepare(stored, {"id": wid, **carried})
+        run = _Run(workflow, now, topology, config, run_key_of(workflow, str(wid)))
+        run.fail(text)
+        run._stamp()
+        return Decision(Outcome.APPLIED, run.summary, run.workflow, tuple(run.effects))
+    if kind == "retry":
+        if not (stored.get("workflow_completed") and stored.get("workflow_error")):
+            return Decision(Outcome.NOTHING, f"workflow {wid} did not fail: nothing to retry")
+        milestone = config.registry.get(step) if isinstance(step, str) else None
+        if milestone is None or step == COMPLETED_STEP:
+            return Decision(
+                Outcome.NOTHING, f"workflow {wid} failed before any step: nothing to retry"
+            )
+        workflow = _prepare(stored, {"id": wid, **carried})
+        workflow["workflow_completed"] = workflow["workflow_error"] = False
+        workflow["workflow_duration"] = None
+        run = _Run(workflow, now, topology, config, "")
+        run.appends_all = True
+        run.log(f"{RETRY_LINE}{step} (requested by an operator)")
+        run.run_key = run_key_of(workflow, str(wid))
+        workflow["step_time"] = to_iso(now)
+        run.log(f"Starting Workflow Milestone: {step}")
+        if run.run_step(milestone, starting=True):
+            run.advance()
+        run._stamp()
+        return Decision(
+            Outcome.APPLIED, f"retried {step}: {run.summary}", run.workflow, tuple(run.effects)
+        )
+    return Decision(Outcome.INCONSISTENT, f"unknown {CONTROL_KEY} kind {kind!r} for workflow {wid}")
+
+
+def _deadline(
+    stored: dict[str, Any],
+    message: dict[str, Any],
+    control: dict[str, Any],
+    now: datetime,
+    topology: Topology,
+    config: EngineConfig,
+    last: dict[str, Any],
+) -> Decision:
+    wid = stored.get("id") or message.get("id")
+    step, step_time = control.get("step"), control.get("step_time")
+    due = parse_instant(control.get("due"))
+    timeout = control.get("timeout")
+    if due is None or not isinstance(timeout, (int, float)):
+        return Decision(Outcome.INCONSISTENT, f"a deadline for workflow {wid} without a due time")
+    if stored.get("workflow_completed") or stored.get("current_step") != step:
+        return Decision(Outcome.DUPLICATE, f"stale deadline of {step}: the workflow moved on")
+    if last.get("step") != step or last.get("step_time") != step_time:
+        return Decision(Outcome.DUPLICATE, f"stale deadline of {step}: the step started again")
+    remaining = (due - now).total_seconds()
+    if remaining > 0:
+        countdown = math.ceil(min(remaining, config.schedule_poll_seconds))
+        again = WorkerRequest(
+            config.orchestrate_task,
+            config.queue_name,
+            message,
+            derived_task_id(wid, step, "deadline", step_time),
+            str(step),
+            None,
+            countdown,
+        )
+        return Decision(Outcome.REQUEUE, f"deadline of {step} in {countdown} s", None, (again,))
+    carried = {k: message.get(k) for k in CARRIED_FIELDS if message.get(k) is not None}
+    workflow = _prepare(stored, {"id": wid, **carried})
+    run = _Run(workflow, now, topology, config, run_key_of(workflow, str(wid)))
+    run.fail(f"Milestone worker did not report back within {describe_seconds(timeout)}")
+    run._stamp()
     return Decision(Outcome.APPLIED, run.summary, run.workflow, tuple(run.effects))
 
 
@@ -295,11 +428,14 @@ class _Run:
         self.run_key = run_key
         self.effects: list[Effect] = []
         self.summary = ""
+        #: A retried step writes its lines again, though the same text is in the log.
+        self.appends_all = False
 
     # -- the event log -------------------------------------------------------------
     def log(self, message: str, success: bool = True) -> None:
+        """Append a line (once, unless `appends_all`) and chat it."""
         line = f"{event_prefix(self.workflow)} {message}"
-        if line not in self.workflow["event_log"]:
+        if self.appends_all or line not in self.workflow["event_log"]:
             self.workflow["event_log"].append(line)
         self.effects.append(ChatNotification(chat_payload(self.workflow, message, success)))
 
@@ -414,6 +550,34 @@ class _Run:
         self.effects.append(
             WorkerRequest(target.task, target.queue, payload, task_id, step, exchange_id, countdown)
         )
+        timeout = self.config.step_timeout(step)
+        if kind == "request" and timeout > 0:
+            self.effects.append(self._deadline_message(step, timeout))
+
+    def _deadline_message(self, step: str, timeout: float) -> WorkerRequest:
+        """The broker keeps the deadline: a message to ourselves, re-enqueued until due."""
+        wf = self.workflow
+        due = to_iso(self.now + timedelta(seconds=timeout))
+        payload = {
+            "id": wf["id"],
+            **{name: wf.get(name) for name in CARRIED_FIELDS},
+            CONTROL_KEY: {
+                "kind": "deadline",
+                "step": step,
+                "step_time": wf.get("step_time"),
+                "due": due,
+                "timeout": timeout,
+            },
+        }
+        return WorkerRequest(
+            self.config.orchestrate_task,
+            self.config.queue_name,
+            payload,
+            derived_task_id(wf["id"], step, "deadline", wf.get("step_time")),
+            step,
+            None,
+            math.ceil(min(timeout, self.config.schedule_poll_seconds)),
+        )
 
     def complete_step(self, step: str) -> None:
         duration = elapsed(self.workflow.get("step_time"), self.now)
@@ -458,4 +622,5 @@ class _Run:
         )
         self._stamp()
         payload = completion_email(self.workflow, recipients, self.config.ui_url)
-        self.effects.append(EmailNotification(payload, email_task_id(self.workflow["id"])))
+        task_id = email_task_id(self.workflow["id"], retries_of(self.workflow))
+        self.effects.append(EmailNotification(payload, task_id))
