@@ -329,6 +329,113 @@ def execute(
     click.echo(task_id)
 
 
+def _send_control(
+    ctx: click.Context,
+    workflow_id: str,
+    send: Callable[..., str],
+    shown: Callable[[dict[str, Any]], bool],
+    timeout: float,
+    **options: Any,
+) -> None:
+    """Send a control, wait (with a progress line) until the Manager shows its effect,
+    print the workflow's state."""
+    from .worker_api import worker_app
+
+    settings = _state(ctx).load()
+    app = worker_app(
+        "workflow-orchestrator-cli",
+        settings.celery_broker_url,
+        orchestration_queue=settings.queue_name,
+        orchestrate_task=settings.orchestrate_task,
+    )
+    try:
+        send(
+            app,
+            workflow_id,
+            queue=settings.queue_name,
+            orchestrate_task=settings.orchestrate_task,
+            **options,
+        )
+    finally:
+        app.close()
+    click.echo(f"sent; waiting for the orchestrator to apply it (up to {timeout:g} s)...")
+    deadline = time.monotonic() + timeout
+    while True:
+        workflow = _get_workflow(settings, workflow_id)
+        if shown(workflow):
+            click.echo(render_status(describe_workflow(workflow)))
+            ctx.exit(EXIT_OK)
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"the orchestrator did not apply it within {timeout:g} s: is a worker "
+                f"consuming {settings.queue_name}?"
+            )
+        time.sleep(0.5)
+
+
+def _log_count(workflow: dict[str, Any], text: str) -> int:
+    return sum(1 for line in workflow.get("event_log") or [] if text in str(line))
+
+
+@cli.command(short_help="Fail a running workflow on an operator's word.")
+@click.argument("workflow_id")
+@click.option("--reason", default=None, help="Why: it goes into the failure reason.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for it.")
+@click.pass_context
+def cancel(ctx: click.Context, workflow_id: str, reason: str | None, timeout: float) -> None:
+    """Fail WORKFLOW_ID with `Cancelled by an operator`; its worker's later report is
+    ignored. Exits 1 (nothing sent) when the workflow is already completed."""
+    from .worker_api import cancel_workflow
+
+    settings = _state(ctx).load()
+    workflow = _get_workflow(settings, workflow_id)
+    if workflow.get("workflow_completed"):
+        view = describe_workflow(workflow)
+        click.echo(
+            f"workflow {workflow_id} is already completed ({state_text(view)}): nothing to cancel"
+        )
+        ctx.exit(EXIT_FAILED)
+    _send_control(
+        ctx,
+        workflow_id,
+        cancel_workflow,
+        lambda wf: (
+            bool(wf.get("workflow_completed")) and _log_count(wf, "Cancelled by an operator") > 0
+        ),
+        timeout,
+        reason=reason,
+    )
+
+
+@cli.command(short_help="Run a failed workflow again from the step that failed.")
+@click.argument("workflow_id")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for it.")
+@click.pass_context
+def retry(ctx: click.Context, workflow_id: str, timeout: float) -> None:
+    """Run WORKFLOW_ID again from its failed step (new task ids, its own e-mail). Exits 1
+    (nothing sent) when it did not fail, or failed before any step."""
+    from .worker_api import retry_workflow
+
+    settings = _state(ctx).load()
+    workflow = _get_workflow(settings, workflow_id)
+    step = workflow.get("current_step")
+    if not (workflow.get("workflow_completed") and workflow.get("workflow_error")):
+        view = describe_workflow(workflow)
+        click.echo(f"workflow {workflow_id} did not fail ({state_text(view)}): nothing to retry")
+        ctx.exit(EXIT_FAILED)
+    if step in (None, "", "workflow_completed"):
+        click.echo(f"workflow {workflow_id} failed before any step: nothing to retry")
+        ctx.exit(EXIT_FAILED)
+    before = _log_count(workflow, "Retrying Workflow Milestone:")
+    _send_control(
+        ctx,
+        workflow_id,
+        retry_workflow,
+        lambda wf: _log_count(wf, "Retrying Workflow Milestone:") > before,
+        timeout,
+    )
+
+
 @cli.command(short_help="Show a workflow: milestones, durations, events, failure.")
 @click.argument("workflow_id")
 @click.option("--events", "events", default=5, show_default=True, help="How many last events.")

@@ -29,6 +29,7 @@ from .manager import ManagerClient, fit_workload
 from .notifications import chat_note, room_names
 from .publisher import PUBLISH_RETRY_POLICY, describe
 from .queues import plain_queue
+from .transition import CONTROL_KEY
 
 logger = logging.getLogger("workflow_orchestrator.worker_api")
 
@@ -45,10 +46,12 @@ __all__ = [
     "HIPCHAT_TASK",
     "ORCHESTRATE_TASK",
     "ORCHESTRATION_QUEUE",
+    "cancel_workflow",
     "execute_workflow",
     "publish_failure_notification",
     "publish_success_notification",
     "register",
+    "retry_workflow",
     "save",
     "step_completed",
     "step_failed",
@@ -385,6 +388,48 @@ def execute_workflow(
         payload,
         describe(payload, "start"),
     )
+
+
+def _control(
+    app: Celery, workflow_id: str, control: dict[str, Any], queue: str, orchestrate_task: str
+) -> str:
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ValueError("workflow_id must be a non-empty string")
+    payload = {"id": workflow_id, CONTROL_KEY: control}
+    return _send(
+        app,
+        orchestrate_task,
+        _destination(app, queue),
+        payload,
+        f"workflow={workflow_id} control={control['kind']}",
+    )
+
+
+def cancel_workflow(
+    app: Celery,
+    workflow_id: str,
+    reason: str | None = None,
+    *,
+    queue: str = ORCHESTRATION_QUEUE,
+    orchestrate_task: str = ORCHESTRATE_TASK,
+) -> str:
+    """Ask the orchestrator to fail a running workflow (`Cancelled by an operator`); it
+    travels through the orchestration queue, so it keeps the workflow's order."""
+    control: dict[str, Any] = {"kind": "cancel"}
+    if reason:
+        control["reason"] = reason
+    return _control(app, workflow_id, control, queue, orchestrate_task)
+
+
+def retry_workflow(
+    app: Celery,
+    workflow_id: str,
+    *,
+    queue: str = ORCHESTRATION_QUEUE,
+    orchestrate_task: str = ORCHESTRATE_TASK,
+) -> str:
+    """Ask the orchestrator to run a failed workflow again from the step that failed."""
+    return _control(app, workflow_id, {"kind": "retry"}, queue, orchestrate_task)
 
 
 class _SkipPublishOnlyQueues(bootsteps.Step):

@@ -78,10 +78,11 @@ def merge(stored: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def union_log(*logs: list[str] | None) -> list[str]:
-    """Order-preserving union: every line once, stored lines first."""
-    seen: set[str] = set()
-    out: list[str] = []
+def union_log(stored: list[str] | None, *logs: list[str] | None) -> list[str]:
+    """Order-preserving union: the stored log as it is (a retried step's lines stand in
+    it twice, on purpose), then every other line not already there, once."""
+    out: list[str] = list(stored or ())
+    seen: set[str] = set(out)
     for log in logs:
         for line in log or ():
             if line not in seen:

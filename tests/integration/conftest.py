@@ -207,6 +207,7 @@ def system(broker_url: str) -> Iterator[System]:
         hostname=f"orchestrator-{SUFFIX}",
         manager_read_timeout=5.0,
         max_retries=8,
+        step_timeouts=(("build", 3.0),),  # a silent builder fails its workflow quickly
     )
     orchestrator = OrchestratorProcess(settings.to_env()).start()
     recorder = Recorder()
