@@ -691,12 +691,10 @@ def test_status_when_the_manager_is_down_is_one_line(live: Live) -> None:
 def test_execute_when_the_broker_is_down_is_one_line(live: Live, broker_vhost: Vhost) -> None:
     password = "broker-pw-5150"
     broker = f"amqp://guest:{password}@127.0.0.1:{closed_port()}//"
-    started = time.monotonic()
     result = live.cli(
         "execute", str(uuid.uuid4()), "--no-verify", env=live.env(CELERY_BROKER_URL=broker)
     )
     assert result.returncode == 2
-    assert time.monotonic() - started < 15
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith(
         f"workflow-orchestrator: cannot connect to the broker at {broker.replace(password, '***')}: "

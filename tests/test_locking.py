@@ -182,11 +182,10 @@ def test_processes_exclude_each_other(backend: Backend, wf_id: str, tmp_path) ->
 
 
 def test_different_ids_do_not_block_each_other(backend: Backend, wf_id: str) -> None:
-    locks = backend.make(wait=2)
+    locks = backend.make(wait=0.5)
     with locks.hold(wf_id + "-A"):
-        started = time.monotonic()
-        with locks.hold(wf_id + "-B"):
-            assert time.monotonic() - started < 0.2
+        with locks.hold(wf_id + "-B"):  # a shared lock would raise LockTimeout here
+            pass
 
 
 def test_lock_timeout_names_the_workflow(backend: Backend, wf_id: str) -> None:
@@ -246,9 +245,8 @@ def test_file_lock_of_killed_holder_is_freed_by_the_kernel(tmp_path, wf_id: str)
         os.kill(child.pid, signal.SIGKILL)
         child.join(10)
         assert child.exitcode == -signal.SIGKILL
-        started = time.monotonic()
-        with FileLocks(spec[1], wait=1.0).hold(wf_id):
-            assert time.monotonic() - started < 1.0
+        with FileLocks(spec[1], wait=1.0).hold(wf_id):  # a kept lock: LockTimeout
+            pass
     finally:
         if child.is_alive():
             child.kill()

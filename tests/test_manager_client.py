@@ -399,10 +399,8 @@ def test_read_timeout_is_transient(manager_emulator: ManagerEmulator) -> None:
     with make_client(manager_emulator, read_timeout=0.2) as client:
         client.get_workflow(wid)  # token cached before the Manager turns slow
         manager_emulator.set_latency(0.6)
-        started = time.monotonic()
-        with pytest.raises(ManagerTransientError) as info:
+        with pytest.raises(ManagerTransientError) as info:  # without it: an answer at 0.6 s
             client.get_workflow(wid)
-        assert time.monotonic() - started < 0.55
         assert info.value.status is None
         assert str(info.value) == f"Manager call GET /workflows/{wid} failed: ReadTimeout"
         manager_emulator.set_latency(0)
