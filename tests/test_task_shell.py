@@ -241,3 +241,19 @@ def test_the_worker_refuses_to_start_on_a_missing_setting(tmp_path: Path) -> Non
     assert result.stderr.strip().splitlines() == [
         "workflow-orchestrator: cannot start: setting EXCHANGE_ID: is required but not set"
     ]
+
+
+def test_a_deadline_sees_the_clock_move_until_it_is_due(shell: Shell) -> None:
+    shell.run({"id": WID})
+    (deadline,) = [r for r in shell.publisher.requests if r.queue == shell.rt.settings.queue_name]
+    for minutes in (60, 120):
+        shell.clock.now = T0 + timedelta(minutes=minutes)
+        assert "deadline of build in" in shell.run(deadline.payload, key=deadline.task_id)
+    shell.clock.now = T0 + timedelta(hours=3, seconds=1)
+    shell.run(deadline.payload, key=deadline.task_id)
+    saved = shell.manager.workflows[WID]
+    assert saved["workflow_completed"] is True and saved["workflow_error"] is True
+    assert any(
+        "Reason: Milestone worker did not report back within 3 hour(s)" in line
+        for line in saved["event_log"]
+    )

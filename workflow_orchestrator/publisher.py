@@ -16,7 +16,9 @@ from typing import Any
 from .broker_pool import BrokerPublisher
 from .brokers import BrokerResolver
 from .choice import run_key
-from .transition import ChatNotification, EmailNotification, WorkerRequest
+from .errors import PublishError
+from .queues import wait_queue
+from .transition import CONTROL_KEY, ChatNotification, EmailNotification, WorkerRequest
 
 logger = logging.getLogger("workflow_orchestrator.publisher")
 
@@ -58,6 +60,8 @@ class Publisher:
 
     def worker_request(self, request: WorkerRequest) -> None:
         payload = request.payload
+        if CONTROL_KEY in payload and request.countdown:
+            return self.deadline(request)
         if request.queue == self.own_queue:  # `scheduled` re-evaluates on our own broker
             route, event, mode = self.resolver.own_route(), "reevaluate", "none"
         else:
@@ -79,6 +83,33 @@ class Publisher:
             request.task,
             request.queue,
             endpoint.display,
+            request.task_id,
+        )
+
+    def deadline(self, request: WorkerRequest) -> None:
+        """Kept by the broker, not by a worker (a held ETA task would cost a prefetch slot
+        and, after a reconnect, could stall the queue): the message waits in a TTL queue
+        that dead-letters it back to the orchestration queue."""
+        assert request.countdown is not None
+        try:
+            self.brokers.app.send_task(
+                request.task,
+                args=[request.payload],
+                queue=wait_queue(self.own_queue, request.countdown),
+                task_id=request.task_id,
+                argsrepr=describe(request.payload, "deadline"),
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
+        except Exception as exc:  # noqa: BLE001 - any broker failure means "not kept"
+            raise PublishError(
+                f"publishing the deadline of {request.step} (task id {request.task_id}) "
+                f"failed: {type(exc).__name__}"
+            ) from None
+        logger.info(
+            "deadline of %s waits %s s (task id %s)",
+            request.step,
+            request.countdown,
             request.task_id,
         )
 

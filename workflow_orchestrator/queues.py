@@ -59,3 +59,20 @@ def worker_queue(name: str, arguments: str = "none") -> Queue:
         durable=True,
         queue_arguments=queue_arguments,
     )
+
+
+def wait_queue(target: str, seconds: int) -> Queue:
+    """Where the broker keeps a deadline message for `seconds`, then dead-letters it
+    back to `target`: RabbitMQ expires messages only at a queue's head, so each wait
+    length has a queue of its own (`{target}.wait.{seconds}s`, nobody consumes it)."""
+    return Queue(
+        f"{target}.wait.{seconds}s",
+        Exchange(""),
+        routing_key=f"{target}.wait.{seconds}s",
+        durable=True,
+        queue_arguments={
+            "x-message-ttl": int(seconds) * 1000,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": target,
+        },
+    )

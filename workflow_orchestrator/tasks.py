@@ -175,9 +175,13 @@ def _transition(
     crash_point("after_load", workflow_id)
     now = rt.clock()
     state = state_fingerprint(stored)
-    control = isinstance(request.get(CONTROL_KEY), dict)
+    control = request.get(CONTROL_KEY)
     last_dispatch = _last_dispatch(rt, workflow_id)
-    if control or classify(stored, request)[0] is None:  # it may be applied: maybe a redo
+    # A deadline is asked again and again from one stored state until it is due: it
+    # must see the clock move, so it never reuses a remembered reading.
+    deadline = isinstance(control, dict) and control.get("kind") == "deadline"
+    applies = isinstance(control, dict) or classify(stored, request)[0] is None
+    if applies and not deadline:  # it may be applied: maybe a redo
         first = rt.locks.transition_time(workflow_id, state, to_iso(now))
         now = parse_instant(first) or now
     decision = transition(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -171,6 +170,16 @@ def email_task_id(workflow_id: str, retries: int = 0) -> str:
     if retries:
         return derived_task_id(workflow_id, "on_workflow_completed", retries)
     return derived_task_id(workflow_id, "on_workflow_completed")
+
+
+def wait_seconds(seconds: float) -> int:
+    """The broker-side wait of a deadline message: the largest power of two not over
+    `seconds` (at least 1), so a few wait queues serve every deadline; the message
+    comes back that much sooner than due at most, and is enqueued again."""
+    wait = 1
+    while wait * 2 <= seconds:
+        wait *= 2
+    return wait
 
 
 #: The key of an operator control or deadline message (docs/behaviour.md §11).
@@ -371,7 +380,7 @@ def _deadline(
         return Decision(Outcome.DUPLICATE, f"stale deadline of {step}: the step started again")
     remaining = (due - now).total_seconds()
     if remaining > 0:
-        countdown = math.ceil(min(remaining, config.schedule_poll_seconds))
+        countdown = wait_seconds(min(remaining, config.schedule_poll_seconds))
         again = WorkerRequest(
             config.orchestrate_task,
             config.queue_name,
@@ -576,7 +585,7 @@ class _Run:
             derived_task_id(wf["id"], step, "deadline", wf.get("step_time")),
             step,
             None,
-            math.ceil(min(timeout, self.config.schedule_poll_seconds)),
+            wait_seconds(min(timeout, self.config.schedule_poll_seconds)),
         )
 
     def complete_step(self, step: str) -> None:

@@ -57,7 +57,7 @@ def dispatched() -> tuple[Any, WorkerRequest, dict[str, Any]]:
 def test_a_dispatch_enqueues_its_deadline_with_a_capped_countdown() -> None:
     _, deadline, _ = dispatched()
     assert (deadline.task, deadline.queue) == (CONFIG.orchestrate_task, CONFIG.queue_name)
-    assert deadline.countdown == 600
+    assert deadline.countdown == 512  # the largest wait queue under the poll interval
     control = deadline.payload[CONTROL_KEY]
     assert control == {
         "kind": "deadline",
@@ -74,7 +74,7 @@ def test_a_deadline_not_yet_due_is_enqueued_again() -> None:
     later = run(saved, deadline.payload, NOW + timedelta(seconds=7000), last)
     assert later.outcome is Outcome.REQUEUE
     (again,) = later.effects
-    assert again.countdown == 200 and again.payload == deadline.payload
+    assert again.countdown == 128 and again.payload == deadline.payload
 
 
 def test_a_due_deadline_fails_the_workflow_with_its_email() -> None:
