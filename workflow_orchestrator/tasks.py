@@ -176,7 +176,8 @@ def _transition(
     now = rt.clock()
     state = state_fingerprint(stored)
     control = request.get(CONTROL_KEY)
-    last_dispatch = _last_dispatch(rt, workflow_id)
+    # Only a control needs what the Manager does not store: no read on the hot path.
+    last_dispatch = _last_dispatch(rt, workflow_id) if isinstance(control, dict) else None
     # A deadline is asked again and again from one stored state until it is due: it
     # must see the clock move, so it never reuses a remembered reading.
     deadline = isinstance(control, dict) and control.get("kind") == "deadline"
