@@ -245,6 +245,13 @@ def classify(stored: dict[str, Any], message: dict[str, Any]) -> tuple[Outcome |
             f"the message reports step {message_step} but the stored workflow is still at "
             f"{stored_step or 'none'}"
         )
+    if message_step is not None and isinstance(message.get("event_log"), list):
+        # A report echoes the log of the request it answers: one from before an
+        # operator's retry lacks the retry's line and belongs to the failed run.
+        if retries_of(message) < retries_of(stored):
+            return Outcome.DUPLICATE, (
+                f"the message reports step {message_step} of a run an operator retried since"
+            )
     return None, ""
 
 

@@ -162,3 +162,21 @@ def test_retry_of_a_workflow_that_failed_before_any_step_does_nothing() -> None:
     failed = run(stored_workflow(milestones=["teleport"]), {"id": WID})
     nothing = run(failed.workflow, {"id": WID, CONTROL_KEY: {"kind": "retry"}})
     assert nothing.outcome is Outcome.NOTHING and "before any step" in nothing.summary
+
+
+def test_a_late_report_of_the_failed_run_does_not_complete_the_retried_step() -> None:
+    saved, _, last = dispatched()
+    start = run(stored_workflow(), {"id": WID, "notifications_config": MAIL})
+    (old_request, _) = [e for e in start.effects if isinstance(e, WorkerRequest)]
+    failed = run(
+        saved,
+        {**old_request.payload, "workflow_completed": True, "workflow_error": True},
+        NOW + timedelta(minutes=1),
+        last,
+    )
+    retried = run(failed.workflow, {"id": WID, CONTROL_KEY: {"kind": "retry"}}, NOW, last)
+    late = run(retried.workflow, {**old_request.payload, "etcd_token": "deploy-cluster-9"})
+    assert late.outcome is Outcome.DUPLICATE and "retried since" in late.summary
+    (new_request, _) = [e for e in retried.effects if isinstance(e, WorkerRequest)]
+    ok = run(retried.workflow, {**new_request.payload, "etcd_token": "deploy-cluster-9"})
+    assert ok.outcome is Outcome.APPLIED
