@@ -46,18 +46,17 @@ def worker_queue(name: str, arguments: str = "none") -> Queue:
         raise ValueError(
             f"worker queue arguments must be one of {WORKER_QUEUE_MODES}, not {arguments!r}"
         )
-    queue_arguments = None
-    if arguments == "openaperture":
-        queue_arguments = {
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": f"{name}_error",
-        }
+    if arguments == "none":
+        return plain_queue(name)
     return Queue(
         name,
         Exchange(name, type="direct", durable=True),
         routing_key=name,
         durable=True,
-        queue_arguments=queue_arguments,
+        queue_arguments={
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": f"{name}_error",
+        },
     )
 
 
