@@ -14,14 +14,13 @@ import sys
 import threading
 from typing import Any
 
-from amqp.exceptions import PreconditionFailed
 from celery import Celery, bootsteps
 from celery.worker import state as worker_state
 
 from .errors import CredentialsRejected, ManagerError
 from .metrics import prepare_multiprocess, start_metrics_server
-from .queue_migration import queue_migration_hint
-from .queues import error_queue, orchestration_queue
+from .queue_migration import declares_plain, queue_migration_hint
+from .queues import error_queue
 
 logger = logging.getLogger("workflow_orchestrator.startup")
 
@@ -36,11 +35,7 @@ def check_orchestration_queue(app: Celery) -> str | None:
     """None when the orchestration queue can be declared the plain Celery way."""
     name = app.settings.queue_name
     with app.connection_for_write() as conn:
-        try:
-            orchestration_queue(name)(conn.default_channel).declare()
-        except PreconditionFailed:
-            return queue_migration_hint(name)
-    return None
+        return None if declares_plain(conn, name) else queue_migration_hint(name)
 
 
 def check_credentials(app: Celery) -> str | None:
