@@ -72,6 +72,10 @@ class FaultSystem:
         for orchestrator in self.orchestrators:
             orchestrator.start()
         wait_for(self._all_registered, 40, "the orchestrator workers to register")
+        # Registration is a worker step; the error queue is declared by a consumer step,
+        # which has run once Celery says "ready.".
+        for orchestrator in self.orchestrators:
+            wait_for(lambda o=orchestrator: "ready." in o.log(), 40, "an orchestrator to consume")
         wait_for(lambda: "ready." in self.peers.log(), 40, "the peer worker to start")
         threading.Thread(target=self._supervisor, daemon=True).start()
         return self
@@ -157,6 +161,7 @@ class FaultSystem:
         out = []
         with Connection(self.settings.celery_broker_url) as conn:
             queue = error_queue(self.settings.error_queue_name)(conn.default_channel)
+            queue.declare()  # idempotent, same arguments as the worker's declaration
             while (message := queue.get(no_ack=True)) is not None:
                 out.append(message)
         return out
