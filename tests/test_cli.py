@@ -135,6 +135,36 @@ def test_a_succeeded_workflow_has_every_milestone_done() -> None:
     assert "succeeded in 9 second(s)" in render_status(view)
 
 
+@pytest.mark.parametrize(
+    ("reason", "kind", "said"),
+    [
+        ("Cancelled by an operator: wrong branch", "cancelled", "cancelled"),
+        ("Cancelled by an operator", "cancelled", "cancelled"),
+        ("Milestone worker did not report back within 3 second(s)", "timed_out", "timed out"),
+        ("Milestone worker has reported a failure", "failed", "failed"),
+    ],
+)
+def test_a_cancelled_or_timed_out_workflow_says_so(reason: str, kind: str, said: str) -> None:
+    view = describe_workflow(
+        stored(
+            current_step="build",
+            workflow_completed=True,
+            workflow_error=True,
+            workflow_duration="3 second(s)",
+            event_log=[
+                f"{P} Starting Workflow Milestone: build",
+                f"{P} Workflow Milestone Failed: build.  Reason: {reason}",
+                f"{P} Workflow has failed in 3 second(s)",
+            ],
+        )
+    )
+    assert view["failure"]["kind"] == kind
+    assert progress_text(view, 3.0) == f"[1/2] {said} at build: {reason}"
+    text = render_status(view)
+    assert f"State:    {said} at build (milestone 1 of 2) after 3 second(s)" in text
+    assert f"Reason:   {reason}" in text
+
+
 def test_a_worker_failure_names_the_step_and_both_reasons() -> None:
     log = [
         f"{P} Starting workflow...",
@@ -158,6 +188,7 @@ def test_a_worker_failure_names_the_step_and_both_reasons() -> None:
     assert view["state"] == "failed"
     assert [m["state"] for m in view["milestones"]] == ["failed", "pending"]
     assert view["failure"] == {
+        "kind": "failed",
         "step": "build",
         "reason": "Milestone worker has reported a failure",
         "worker_reason": "docker build exited with status 1",
@@ -186,6 +217,7 @@ def test_a_failure_before_any_milestone_has_no_step() -> None:
         )
     )
     assert view["failure"] == {
+        "kind": "failed",
         "step": None,
         "reason": "Unknown milestone: bake",
         "worker_reason": None,

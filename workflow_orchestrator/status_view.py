@@ -31,6 +31,14 @@ _WORKER_FAILED = re.compile(r"Workflow step failed: (?P<reason>.*)\Z", re.S)
 _WORKER_LINE = re.compile(r"\A\[OA\]\[[^\]]*\] ")  # a worker's line: no [repo] part
 #: The failure reason of a failure a worker reported (its own reason is in its lines).
 WORKER_REPORTED = "Milestone worker has reported a failure"
+#: How a failed workflow ended, from its failure reason (docs/behaviour.md §11): an
+#: operator's cancel and a step deadline are told apart from a failure.
+FAILURE_KINDS = {
+    "Cancelled by an operator": "cancelled",
+    "Milestone worker did not report back within ": "timed_out",
+}
+#: The verb of each failure kind in `status`, `watch` and the demo.
+FAILURE_VERBS = {"cancelled": "cancelled", "timed_out": "timed out", "failed": "failed"}
 _PREFIX = re.compile(r"\A\[OA\]\[[^\]]*\](?:\[[^\]]*\])?\s?")
 
 
@@ -71,11 +79,17 @@ def _failure(events: list[str], log: list[Any], current_step: Any) -> dict[str, 
             reason = found["reason"]
             break
     worker = _worker_reason(log) if reason == WORKER_REPORTED else None
+    kind = next((k for start, k in FAILURE_KINDS.items() if (reason or "").startswith(start)), None)
     return {
+        "kind": kind or "failed",
         "step": step,
         "reason": reason or "unknown (no failure line in the event log)",
         "worker_reason": worker,
     }
+
+
+def _failed_verb(view: dict[str, Any]) -> str:
+    return FAILURE_VERBS.get((view.get("failure") or {}).get("kind"), "failed")
 
 
 def describe_workflow(workflow: dict[str, Any], events: int = 5) -> dict[str, Any]:
@@ -169,7 +183,7 @@ def state_text(view: dict[str, Any]) -> str:
     if view["state"] == "failed":
         step = (view["failure"] or {}).get("step")
         where = f"at {step} (milestone {k} of {n})" if step and k else "before any milestone"
-        return f"failed {where} after {view['duration'] or '<unknown>'}"
+        return f"{_failed_verb(view)} {where} after {view['duration'] or '<unknown>'}"
     if view["state"] == "running":
         return f"running {view['current_step']} (milestone {k} of {n})"
     return f"pending: not started ({n} milestones)"
@@ -216,7 +230,7 @@ def progress_text(view: dict[str, Any], elapsed: float) -> str:
         return f"[{n}/{n}] succeeded in {view['duration'] or seconds_text(elapsed)}"
     if view["state"] == "failed":
         step = (view["failure"] or {}).get("step") or "start"
-        return f"[{k}/{n}] failed at {step}: {failure_text(view)}"
+        return f"[{k}/{n}] {_failed_verb(view)} at {step}: {failure_text(view)}"
     if view["state"] == "running":
         return f"[{k}/{n}] {view['current_step']} running  {seconds_text(elapsed)}"
     return f"[0/{n}] waiting for the orchestrator  {seconds_text(elapsed)}"

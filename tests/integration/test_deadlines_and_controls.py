@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from click.testing import CliRunner
+from kombu import Connection
 
 from tests.support import wait_for
 from workflow_orchestrator.cli import cli
@@ -39,6 +40,39 @@ def test_a_builder_that_never_reports_fails_at_the_deadline(system: System) -> N
     assert system.workflow(wid)["event_log"] == done["event_log"]
 
 
+def orchestration_backlog(system: System) -> int:
+    with Connection(system.settings.celery_broker_url) as conn:
+        _, waiting, _ = conn.channel().queue_declare(system.settings.queue_name, passive=True)
+        return waiting
+
+
+def test_a_deadline_spanning_a_worker_restart_still_fires(system: System) -> None:
+    """The deadline is the broker's, not a sleeping task's: with no orchestrator running
+    it comes back to the orchestration queue, and the restarted worker acts on it."""
+    wid = system.new_workflow(["build"])
+    system.start(wid, test_instructions={"silent_step": "build"}, notifications_config=EMAIL_CONFIG)
+    wait_for(lambda: system.recorder.requests[wid], what="the build request")
+    wait_for(
+        lambda: "Starting Workflow Milestone: build" in system.events(wid),
+        what="the dispatch to be saved",
+    )
+    wait_for(lambda: orchestration_backlog(system) == 0, what="the orchestrator to be idle")
+    system.orchestrator.kill()  # a crash: nothing of it is left in memory
+    wait_for(
+        lambda: orchestration_backlog(system) > 0,
+        what="the deadline message to come back while no orchestrator runs",
+    )
+    assert not system.workflow(wid).get("workflow_completed")
+    system.orchestrator.start()
+    done = system.wait_completed(wid, timeout=60)
+    assert done["workflow_error"] is True
+    assert system.events(wid).count(DEADLINE) == 1
+    mails = wait_for(lambda: system.recorder.emails[wid], what="the e-mail")
+    assert [(task_id, m["prefix"][:8]) for task_id, m in mails] == [
+        (email_task_id(wid), "FAILED -")
+    ]
+
+
 def test_cancel_a_running_workflow_then_a_completed_one(system: System) -> None:
     wid = system.new_workflow(["deploy"])
     system.start(wid, etcd_token="deploy-cluster-1", test_instructions={"silent_step": "deploy"})
@@ -47,7 +81,7 @@ def test_cancel_a_running_workflow_then_a_completed_one(system: System) -> None:
     runner = CliRunner()
     result = runner.invoke(cli, ["cancel", wid, "--reason", "wrong branch"], env=env)
     assert result.exit_code == 0, result.output
-    assert "failed" in result.output
+    assert "cancelled at deploy" in result.output
     wf = system.workflow(wid)
     assert wf["workflow_completed"] is True and wf["workflow_error"] is True
     assert (
