@@ -133,7 +133,10 @@ class OrchestratorProcess(WorkerProcess):
 
 def test_queue_names(settings: Any) -> list[str]:
     """Every queue (and same-named exchange) a system under test declares."""
+    from workflow_orchestrator.queues import wait_queue_names
+
     return [
+        *wait_queue_names(settings.queue_name, settings.schedule_poll_seconds),
         settings.queue_name,
         settings.error_queue_name,
         settings.builder_queue,

@@ -42,7 +42,7 @@ def test_the_demo_never_reaches_an_exported_broker(
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:]
-    assert "All 3 workflows ended as expected" in result.stdout
+    assert "All 5 workflows ended as expected" in result.stdout
     assert queues_on(decoy) == []
     assert decoy.name not in (tmp_path / "demo.log").read_text(errors="replace")
 

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -752,25 +751,28 @@ def test_demo_runs_the_whole_system_in_one_process(tmp_path: Path) -> None:
         for k, v in os.environ.items()
         if k not in REQUIRED_ENV and not k.startswith(("OAUTH_", "CELERY_", "QUEUE_"))
     }
-    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "workflow_orchestrator.cli", "demo", "--log", "demo.log"],
         env={**env, "PYTHONPATH": str(REPO)},
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,  # a hang guard only
     )
-    took = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
-    assert took < 30
     out = result.stdout
     assert "broker       memory:// (in this process)" in out
     assert re.search(r"workflow\s+scenario\s+milestones\s+result\s+duration\s+e-mails", out)
     assert re.search(r"build \+ deploy\s+build > deploy\s+succeeded\s+.*1 SUCCEEDED", out)
     assert re.search(r"config \+ deploy_oa\s+config > deploy_oa\s+succeeded\s+.*1 SUCCEEDED", out)
     assert re.search(r"builder fails\s+build > deploy\s+failed\s+.*1 FAILED", out)
-    assert "All 3 workflows ended as expected" in out
+    # the step deadline fires on memory:// too, and the retried run gets its own e-mail
+    assert re.search(r"builder goes silent\s+build > deploy\s+timed out\s+.*\s0\s", out)
+    assert "timed out at build: Milestone worker did not report back within 4 second(s)" in out
+    assert re.search(
+        r"fails, then retried\s+build > deploy\s+succeeded\s+.*2 FAILED, SUCCEEDED", out
+    )
+    assert "All 5 workflows ended as expected" in out
     assert result.stderr == ""
     log = (tmp_path / "demo.log").read_text()
     assert "registered with the Manager" in log  # the orchestrator ran in that process

@@ -580,7 +580,12 @@ def _print_checks(checks: Iterable[Check], settings: Settings | None = None) -> 
     help="Use this broker (amqp://...) and a separate orchestrator process instead of "
     "the in-process memory:// broker.",
 )
-@click.option("--workflows", default=3, show_default=True, help="How many workflows to run.")
+@click.option(
+    "--workflows",
+    default=5,
+    show_default=True,
+    help="How many workflows to run (the 5 scenarios in turn).",
+)
 @click.option(
     "--log",
     "log_path",

@@ -58,7 +58,7 @@ from .status_view import (
     describe_workflow,
     seconds_text,
 )
-from .worker_api import execute_workflow
+from .worker_api import execute_workflow, retry_workflow
 
 
 def _log_to_file(path: str) -> None:
@@ -73,7 +73,7 @@ def _log_to_file(path: str) -> None:
 def run_demo(
     *,
     broker: str | None = None,
-    workflows: int = 3,
+    workflows: int = 5,
     out: TextIO,
     tty: bool = False,
     step_seconds: tuple[float, float] = STEP_SECONDS,
@@ -181,11 +181,21 @@ def _run_workflows(
         for run in runs:
             stored = emulator.get_workflow(run.workflow_id) or {"id": run.workflow_id}
             run.view = describe_workflow(stored, events=0)
-            if run.view["finished"] and run.ended is None:
+            failed = run.view["state"] == "failed"
+            if run.scenario.retry and failed and run.retried_after is None:
+                # What an operator does with `workflow-orchestrator retry ID`.
+                run.retried_after = run.view["event_count"]
+                retry_workflow(
+                    app,
+                    run.workflow_id,
+                    queue=settings.queue_name,
+                    orchestrate_task=settings.orchestrate_task,
+                )
+            if run.finished() and run.ended is None:
                 run.ended = now
         board.draw([board_row(run, now) for run in runs])
         finished = all(r.ended is not None for r in runs)
-        mailed = all(inbox.emails_for(r.workflow_id) for r in runs)
+        mailed = all(len(inbox.emails_for(r.workflow_id)) >= r.scenario.emails for r in runs)
         chats = [inbox.chats_for(r.workflow_id) for r in runs]
         # Done once every workflow has its e-mail and the chat lines stopped coming.
         if finished and ((mailed and chats == last_chats) or now > max_ended(runs) + 3):

@@ -10,6 +10,7 @@ from .demo_system import Inbox, Scenario
 from .status_view import (
     failure_text,
     fit,
+    outcome_text,
     progress_text,
     seconds_text,
     terminal_width,
@@ -25,6 +26,15 @@ class Run:
     started: float
     ended: float | None = None
     view: dict[str, Any] = field(default_factory=dict)
+    retried_after: int | None = None  # events in its log when the demo retried it
+
+    def finished(self) -> bool:
+        """Ended for good: a scenario the demo retries ends with its retried run."""
+        if not self.view.get("finished"):
+            return False
+        if self.retried_after is not None:
+            return self.view["event_count"] > self.retried_after
+        return not (self.scenario.retry and self.view.get("state") == "failed")
 
     @property
     def short(self) -> str:
@@ -70,9 +80,9 @@ def summary_lines(runs: list[Run], inbox: Inbox, total: float) -> tuple[list[str
     rows = []
     all_good = True
     for run in runs:
-        state = run.view.get("state", "pending")
+        state = outcome_text(run.view) if run.view else "pending"
         emails = inbox.emails_for(run.workflow_id)
-        good = state == run.scenario.expected and len(emails) == 1
+        good = state == run.scenario.expected and len(emails) == run.scenario.emails
         all_good = all_good and good
         verdict = (
             state
@@ -103,10 +113,16 @@ def summary_lines(runs: list[Run], inbox: Inbox, total: float) -> tuple[list[str
     for run in runs:
         if run.view.get("state") == "failed":
             lines.append(
-                f"  {run.short} failed at {(run.view['failure'] or {}).get('step')}: "
-                f"{failure_text(run.view)}"
+                f"  {run.short} {outcome_text(run.view)} at "
+                f"{(run.view['failure'] or {}).get('step')}: {failure_text(run.view)}"
+                + ("" if run.scenario.emails else " (no e-mail: no notification settings)")
             )
-    done = sum(1 for r in runs if r.view.get("finished"))
+        if run.retried_after is not None:
+            lines.append(
+                f"  {run.short} failed at first and was retried, as "
+                f"`workflow-orchestrator retry {run.workflow_id}` does"
+            )
+    done = sum(1 for r in runs if r.finished())
     verdict = (
         f"All {len(runs)} workflows ended as expected in {seconds_text(total)}."
         if all_good

@@ -26,14 +26,17 @@ from kombu import Connection
 
 from .emulator import ManagerEmulator
 from .factory import create_app
-from .queues import orchestration_queue, plain_queue
+from .queues import orchestration_queue, plain_queue, wait_queue_names
 from .settings import Settings, redact_url
 from .worker_api import step_completed, step_failed, worker_app
 
 #: Seconds a demo builder or deployer spends on one step.
 STEP_SECONDS = (0.3, 1.5)
 #: Deadline of the default run; every extra workflow adds a little.
-DEADLINE_SECONDS = 22.0
+DEADLINE_SECONDS = 30.0
+#: The demo's step deadline of `build` (STEP_TIMEOUTS): well over a demo step's time,
+#: so only the builder that goes silent meets it.
+BUILD_DEADLINE_SECONDS = 4.0
 EXCHANGE_ID = "1"
 BUILD_CLUSTER = "demo-build-cluster"
 DEPLOY_CLUSTER = "demo-deploy-cluster"
@@ -59,13 +62,28 @@ class Scenario:
     title: str
     milestones: tuple[str, ...]
     repo: str
-    expected: str  # "succeeded" or "failed"
+    expected: str  # "succeeded", "failed", "timed out" (status_view.outcome_text)
+    retry: bool = False  # the demo retries it, as an operator would, once it failed
+    #: Completion e-mails it gets: one per run; none when the builder, which reads the
+    #: repository's notification settings into the request, never answered.
+    emails: int = 1
 
 
 SCENARIOS = (
     Scenario("build + deploy", ("build", "deploy"), "demo-org/web_docker", "succeeded"),
     Scenario("config + deploy_oa", ("config", "deploy_oa"), "demo-org/api_docker", "succeeded"),
     Scenario("builder fails", ("build", "deploy"), "demo-org/broken_docker", "failed"),
+    Scenario(
+        "builder goes silent", ("build", "deploy"), "demo-org/silent_docker", "timed out", emails=0
+    ),
+    Scenario(
+        "fails, then retried",
+        ("build", "deploy"),
+        "demo-org/flaky_docker",
+        "succeeded",
+        retry=True,
+        emails=2,
+    ),
 )
 
 
@@ -116,15 +134,32 @@ def register_demo_workers(
     inbox: Inbox,
     step_seconds: tuple[float, float] = STEP_SECONDS,
 ) -> None:
-    """The demo builder, deployer and notification tasks, on `app` (never shared)."""
+    """The demo builder, deployer and notification tasks, on `app` (never shared).
+
+    The builder fails a `broken` repository, never answers for a `silent` one (its
+    step deadline fails the workflow) and fails a `flaky` one the first time only."""
     callback = {
         "orchestrate_task": settings.orchestrate_task,
         "orchestration_queue": settings.queue_name,
     }
+    flaky_failed: set[str] = set()
+    flaky_lock = threading.Lock()
+
+    def fails(repo: str, workflow_id: str) -> bool:
+        if "broken" in repo:
+            return True
+        if "flaky" not in repo:
+            return False
+        with flaky_lock:
+            first = workflow_id not in flaky_failed
+            flaky_failed.add(workflow_id)
+        return first
 
     def work(role: str, request: dict[str, Any]) -> None:
         step = request.get("current_step")
         repo = request.get("deployment_repo") or "?"
+        if role == "builder" and "silent" in repo:
+            return  # a builder that died mid-build: only the deadline notices
         time.sleep(random.uniform(*step_seconds))
         reply = dict(request)
         if role == "builder":
@@ -133,7 +168,7 @@ def register_demo_workers(
             reply["notifications_config"] = (
                 reply.get("notifications_config") or NOTIFICATIONS_CONFIG
             )
-            if "broken" in repo:
+            if fails(repo, str(request.get("id"))):
                 step_failed(
                     app,
                     reply,
@@ -202,6 +237,7 @@ def demo_settings(
         out_of_order_retry_seconds=0.1,
         retry_backoff_seconds=0.2,
         retry_backoff_max=2.0,
+        step_timeouts=(("build", BUILD_DEADLINE_SECONDS),),
     )
 
 
@@ -312,6 +348,48 @@ class OrchestratorProcess:
             self.process.wait(timeout=5)
 
 
+class MemoryBrokerTTL:
+    """RabbitMQ's per-queue TTL and dead-lettering for `memory://`, which ignores both:
+    a message in a deadline's wait queue goes back to the orchestration queue when its
+    time is up, as RabbitMQ does it, so the demo's step deadlines fire on memory:// too.
+    Demo only: it reads kombu's in-process queues (`_get`/`_put`) directly."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.target = settings.queue_name
+        self.waits = {
+            name: int(name.rsplit(".", 1)[1][:-1])
+            for name in wait_queue_names(settings.queue_name, settings.schedule_poll_seconds)
+        }
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-ttl", daemon=True)
+
+    def start(self) -> MemoryBrokerTTL:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        from queue import Empty
+
+        held: list[tuple[float, Any]] = []
+        with Connection("memory://localhost//") as conn:
+            channel = conn.default_channel
+            while not self._stop.wait(0.05):
+                now = time.monotonic()
+                for name, seconds in self.waits.items():
+                    while True:
+                        try:
+                            held.append((now + seconds, channel._get(name)))
+                        except Empty:
+                            break
+                for _, payload in [h for h in held if h[0] <= now]:
+                    channel._put(self.target, payload)
+                held = [h for h in held if h[0] > now]
+
+
 def _memory_app(settings: Settings) -> Celery:
     """An orchestrator app on the in-process broker that consumes every demo queue too."""
     app = create_app(settings)
@@ -340,7 +418,12 @@ def _reachable(broker_url: str) -> None:
 
 def _delete_queues(broker_url: str, settings: Settings) -> None:
     """Remove the demo's uniquely named queues and exchanges from a shared broker."""
-    names = [settings.queue_name, settings.error_queue_name, *peer_queues(settings)]
+    names = [
+        settings.queue_name,
+        settings.error_queue_name,
+        *peer_queues(settings),
+        *wait_queue_names(settings.queue_name, settings.schedule_poll_seconds),
+    ]
     try:
         with Connection(broker_url, connect_timeout=3) as conn:
             channel = conn.channel()
@@ -386,6 +469,7 @@ def in_process_system(
     """memory://: the orchestrator's own app runs the demo workers too, in one worker."""
     settings = demo_settings(emulator, secret, "memory://localhost//", "", locks)
     app = _memory_app(settings)
+    stack.callback(MemoryBrokerTTL(settings).start().stop)
     return DemoSystem(
         app,
         settings,

@@ -75,3 +75,14 @@ def wait_queue(target: str, seconds: int) -> Queue:
             "x-dead-letter-routing-key": target,
         },
     )
+
+
+def wait_queue_names(target: str, longest: float) -> list[str]:
+    """Every wait queue a deadline of `target` can use when no wait exceeds `longest`
+    seconds (SCHEDULE_POLL_SECONDS): the power-of-two lengths up to it."""
+    names, seconds = [], 1
+    while True:
+        names.append(f"{target}.wait.{seconds}s")
+        if seconds * 2 > max(1, longest):
+            return names
+        seconds *= 2

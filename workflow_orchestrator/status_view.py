@@ -92,6 +92,12 @@ def _failed_verb(view: dict[str, Any]) -> str:
     return FAILURE_VERBS.get((view.get("failure") or {}).get("kind"), "failed")
 
 
+def outcome_text(view: dict[str, Any]) -> str:
+    """The state in one word or two: a failed workflow says how it failed
+    (`failed`, `timed out`, `cancelled`); otherwise the view's state."""
+    return _failed_verb(view) if view.get("state") == "failed" else str(view.get("state"))
+
+
 def describe_workflow(workflow: dict[str, Any], events: int = 5) -> dict[str, Any]:
     """A stored workflow (as the Manager returns it) -> the status view of `status --json`.
 

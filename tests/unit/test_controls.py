@@ -5,6 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from workflow_orchestrator.queues import wait_queue, wait_queue_names
 from workflow_orchestrator.transition import (
     CONTROL_KEY,
     EmailNotification,
@@ -13,6 +17,7 @@ from workflow_orchestrator.transition import (
     WorkerRequest,
     email_task_id,
     transition,
+    wait_seconds,
 )
 
 from .fakes import WID, FakeTopology, stored_workflow
@@ -180,3 +185,11 @@ def test_a_late_report_of_the_failed_run_does_not_complete_the_retried_step() ->
     (new_request, _) = [e for e in retried.effects if isinstance(e, WorkerRequest)]
     ok = run(retried.workflow, {**new_request.payload, "etcd_token": "deploy-cluster-9"})
     assert ok.outcome is Outcome.APPLIED
+
+
+@given(st.floats(min_value=0.01, max_value=100_000), st.integers(min_value=1, max_value=7200))
+def test_every_wait_a_deadline_takes_has_a_named_wait_queue(remaining: float, poll: int) -> None:
+    """The demo and the tests delete these names: none may be missed."""
+    used = wait_queue("q", wait_seconds(min(remaining, poll))).name
+    assert used in wait_queue_names("q", poll)
+    assert all(int(n.rsplit(".", 1)[1][:-1]) <= poll for n in wait_queue_names("q", poll))
