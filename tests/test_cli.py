@@ -819,3 +819,20 @@ def test_the_worker_reason_is_read_from_the_originals_line_order() -> None:
         stored(current_step="build", workflow_completed=True, workflow_error=True, event_log=other)
     )
     assert view["failure"]["worker_reason"] is None
+
+
+def test_a_retried_running_step_shows_no_duration_of_the_failed_run() -> None:
+    view = describe_workflow(
+        stored(
+            current_step="build",
+            workflow_step_durations={"build": "10 second(s)"},  # the failed run's
+            event_log=[
+                f"{P} Workflow Milestone Failed: build.  Reason: Milestone worker did not "
+                "report back within 10 second(s)",
+                f"{P} Retrying Workflow Milestone: build (requested by an operator)",
+                f"{P} Starting Workflow Milestone: build",
+            ],
+        )
+    )
+    assert view["state"] == "running"
+    assert re.search(r"^  build   running$", render_status(view), re.M)

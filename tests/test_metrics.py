@@ -18,7 +18,10 @@ import pytest
 from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import CLIENT_ID, CLIENT_SECRET
 from workflow_orchestrator import metrics as metrics_module
+from workflow_orchestrator.emulator import ManagerEmulator
+from workflow_orchestrator.manager import TokenSource
 from workflow_orchestrator.metrics import (
     DEAD_LETTER_KINDS,
     MULTIPROC_ENV,
@@ -583,3 +586,24 @@ def test_a_celery_worker_scrape_counts_its_tasks(
     # pool process's WorkerLostError is the only traceback expected.
     assert "Signal handler" not in log and "metrics.py" not in log, log
     assert log.count("Traceback (most recent") == (2 if pool == "prefork" else 0), log
+
+
+def test_token_requests_are_timed_as_oauth_token_with_their_status(
+    manager_emulator: ManagerEmulator,
+) -> None:
+    from workflow_orchestrator.manager import CredentialsRejected, ManagerTransientError
+
+    m = Metrics()
+    good = TokenSource(manager_emulator.token_url, CLIENT_ID, CLIENT_SECRET, metrics=m)
+    good.token()
+    wrong = TokenSource(manager_emulator.token_url, CLIENT_ID, "not-it", metrics=m)
+    with pytest.raises(CredentialsRejected):
+        wrong.token()
+    down = TokenSource("http://127.0.0.1:9/oauth/token", "o", "s", connect_timeout=0.5, metrics=m)
+    with pytest.raises(ManagerTransientError):
+        down.token()
+    counts = {
+        status: sample(m, "manager_call_seconds_count", call="POST oauth_token", status=status)
+        for status in ("200", "401", "error")
+    }
+    assert counts == {"200": 1.0, "401": 1.0, "error": 1.0}

@@ -137,6 +137,7 @@ class TokenSource:
         read_timeout: float = 15.0,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: OrchestratorMetrics | None = None,
     ) -> None:
         if body not in ("json", "form"):
             raise ValueError(f"body must be 'json' or 'form', got {body!r}")
@@ -152,6 +153,7 @@ class TokenSource:
         self._token: str | None = None
         self._valid_until = 0.0
         self._call = f"POST {_display_url(token_url)}"
+        self.metrics: OrchestratorMetrics = metrics or NullMetrics()
 
     def __repr__(self) -> str:
         return f"TokenSource({_display_url(self.token_url)!r}, client_id={self.client_id!r})"
@@ -211,10 +213,12 @@ class TokenSource:
                 **self._request_kwargs(),
             )
         except requests.RequestException as exc:
+            self.metrics.manager_call(self._call, None, time.perf_counter() - started)
             log.debug("%s failed: %s", self._call, type(exc).__name__)
             raise _transport_error(self._call, exc) from exc
-        ms = (time.perf_counter() - started) * 1000
-        log.debug("%s -> %s in %.1f ms", self._call, response.status_code, ms)
+        seconds = time.perf_counter() - started
+        self.metrics.manager_call(self._call, response.status_code, seconds)
+        log.debug("%s -> %s in %.1f ms", self._call, response.status_code, seconds * 1000)
         if not 200 <= response.status_code < 300:
             detail = _excerpt(response.text, (self._secret,))
             if response.status_code in (400, 401) or "invalid_client" in response.text:
@@ -276,6 +280,7 @@ class ManagerClient:
             connect_timeout=settings.manager_connect_timeout,
             read_timeout=settings.manager_read_timeout,
             session=session,
+            metrics=metrics,
         )
         return cls(
             settings.manager_url,

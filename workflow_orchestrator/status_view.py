@@ -210,7 +210,8 @@ def render_status(view: dict[str, Any]) -> str:
         width = max(len(m["name"]) for m in view["milestones"])
         lines += ["", "Milestones:"]
         for m in view["milestones"]:
-            duration = m["duration"] if m["duration"] and m["state"] != "pending" else ""
+            # a running step's stored duration is an earlier run's (before a retry)
+            duration = m["duration"] if m["duration"] and m["state"] in ("done", "failed") else ""
             lines.append(f"  {m['name']:<{width}}  {m['state']:<8} {duration}".rstrip())
     if view["events"]:
         lines += ["", f"Last {len(view['events'])} of {view['event_count']} events:"]
