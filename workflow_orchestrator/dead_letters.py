@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery
 from kombu import Connection
 
-from .envelope import workflow_id_of
+from .envelope import with_fresh_retry_budget, workflow_id_of
 from .errors import PublishError
 from .queue_migration import move_messages
 from .queues import error_queue, orchestration_queue
@@ -135,7 +135,8 @@ def replay_dead_letters(
     broker_url: str, error_name: str, queue_name: str, workflow_id: str | None
 ) -> int:
     """Move dead letters back to the orchestration queue (those of `workflow_id`, or all
-    when None), without the dead-letter headers. Each copy is confirmed before its dead
+    when None), without the dead-letter headers and with a fresh retry budget
+    (`with_fresh_retry_budget`). Each copy is confirmed before its dead
     letter is acked: a crash mid-replay leaves a message in both queues at worst, which
     the orchestrator's duplicate handling absorbs. Returns how many were moved."""
 
@@ -150,4 +151,5 @@ def replay_dead_letters(
             orchestration_queue(queue_name),
             select=wanted,
             drop_headers=(REASON_HEADER, AT_HEADER),
+            rewrite=with_fresh_retry_budget,
         )

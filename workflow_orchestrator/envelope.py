@@ -9,6 +9,7 @@ asks `envelope_problem` first and dead-letters whatever it names.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -99,3 +100,26 @@ def workflow_id_of(body: Any) -> str | None:
         if isinstance(payload, dict) and isinstance(payload.get("id"), str):
             return payload["id"]
     return None
+
+
+#: Keyword arguments the orchestrator carries across its own retries of one message: the
+#: retry count, the credentials retry count, when it was first found ahead of the store.
+RETRY_KWARGS = ("attempts", "credential_retries", "ahead_since")
+
+
+def with_fresh_retry_budget(body: bytes, content_type: str | None) -> bytes:
+    """A dead letter's body as a replay sends it: without RETRY_KWARGS, so a message
+    that gave up after MAX_RETRIES gets the whole budget again instead of giving up at
+    its first failure. Anything that is not a JSON Celery call is returned unchanged."""
+    if content_type != "application/json":
+        return body
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body
+    if not (isinstance(value, list) and len(value) == 3 and isinstance(value[1], dict)):
+        return body
+    kwargs = {k: v for k, v in value[1].items() if k not in RETRY_KWARGS}
+    if kwargs == value[1]:
+        return body
+    return json.dumps([value[0], kwargs, value[2]]).encode("utf-8")

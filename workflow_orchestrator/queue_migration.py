@@ -59,11 +59,13 @@ def move_messages(
     *,
     select: Callable[[Any], bool] | None = None,
     drop_headers: tuple[str, ...] = (),
+    rewrite: Callable[[bytes, str | None], bytes] | None = None,
 ) -> int:
     """Copy the messages of `source` that `select` takes (all by default) to `target`,
     each confirmed before its original is acked; returns how many moved. Messages not
     taken go back to `source` when the channel closes. Body and properties are kept;
-    `drop_headers` are left out of the copy."""
+    `drop_headers` are left out of the copy, and `rewrite(body, content_type)` gives the
+    copy's body when set."""
     channel = conn.channel()
     producer = Producer(channel)
     moved = 0
@@ -77,8 +79,9 @@ def move_messages(
             content_type = properties.pop("content_type", None) or "application/octet-stream"
             encoding = properties.pop("content_encoding", None) or "binary"
             properties.pop("delivery_mode", None)
+            body = message.body if rewrite is None else rewrite(message.body, content_type)
             producer.publish(
-                message.body,
+                body,
                 exchange=target.exchange,
                 routing_key=target.routing_key,
                 headers=headers,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 from click.testing import CliRunner
+from kombu import Queue
 
 from tests.support import wait_for
 from workflow_orchestrator.cli import cli
@@ -47,3 +48,26 @@ def test_an_unknown_workflow_replayed_once_it_exists_completes(system: System) -
     done = system.wait_completed(workflow_id)
     assert done["workflow_error"] is False
     assert held() == []
+
+
+def test_a_replayed_message_that_had_given_up_gets_its_retries_again(system: System) -> None:
+    """A message set aside after MAX_RETRIES carries its retry count; the replay drops
+    it, so one more transient failure is retried instead of giving up at once."""
+    system.dead_letters()
+    settings = system.settings
+    wid = system.new_workflow(["build"])
+    system.caller.send_task(  # the dead letter of a message that used up its retries
+        settings.orchestrate_task,
+        args=[{"id": wid}],
+        kwargs={"attempts": settings.max_retries},
+        queue=Queue(settings.error_queue_name, no_declare=True),
+    )
+    system.emulator.fail_next("GET /workflows/{id}", 1, 503)
+    replayed = CliRunner().invoke(
+        cli, ["dead-letters", "replay", "--id", wid], env=settings.to_env()
+    )
+    assert replayed.exit_code == 0, replayed.output
+    done = system.wait_completed(wid)
+    assert done["workflow_error"] is False
+    assert f"Gave up on a message for workflow {wid}" not in system.orchestrator.log()
+    assert system.dead_letters() == []
