@@ -9,16 +9,26 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.support import (
+    OrchestratorProcess,
+    delete_test_queues,
+    system_settings,
+    wait_for,
+    wait_registered,
+)
+from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.tracing import (
     NullTracing,
     attribute_name,
     span_attributes,
     tracing_requested,
 )
+from workflow_orchestrator.worker_api import worker_app
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cret-do-not-leak-7f3a"
@@ -180,3 +190,69 @@ def test_spans_carry_the_workflow_and_nest_the_manager_call() -> None:
     # No secret in any span: not the client secret, not a bearer token.
     assert SECRET not in out
     assert "Bearer" not in out
+
+
+def spans_in(log: str) -> list[dict]:
+    """The spans the console exporter printed into a worker's log (JSON objects)."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while (at := log.find('{\n    "name": ', at)) != -1:
+        span, end = decoder.raw_decode(log, at)
+        found.append(span)
+        at = end
+    return found
+
+
+def test_a_real_worker_traces_each_orchestrate_and_its_manager_calls(broker_url: str) -> None:
+    """`celery -A workflow_orchestrator worker` with OTEL_* set, as an operator runs it."""
+    pytest.importorskip("opentelemetry.sdk.trace")
+    pytest.importorskip("opentelemetry.instrumentation.celery")
+    with ManagerEmulator(client_id="orchestrator", client_secret=SECRET) as emulator:
+        emulator.add_exchange("1", name="local")
+        emulator.add_module("1", "builder", hostname="builder-1")
+        emulator.add_cluster("build-cluster-1", 1, allow_docker_builds=True)
+        settings = system_settings(
+            emulator,
+            secret=SECRET,
+            prefix=f"wo_trace_{uuid.uuid4().hex[:8]}",
+            broker_url=broker_url,
+            hostname=f"orchestrator-{uuid.uuid4().hex[:8]}",
+        )
+        env = {
+            **settings.to_env(),
+            "OTEL_TRACES_EXPORTER": "console",
+            "OTEL_SERVICE_NAME": "orchestrator-e2e",
+        }
+        process = OrchestratorProcess(env).start()
+        try:
+            wait_registered(emulator, process, settings.hostname)
+            wid = emulator.add_workflow({"milestones": ["build"], "deployment_repo": "Org/app"})
+            caller = worker_app(
+                "test-caller", broker_url, queues=[], orchestration_queue=settings.queue_name
+            )
+            caller.send_task(
+                settings.orchestrate_task, args=[{"id": wid}], queue=settings.queue_name
+            )
+            wait_for(
+                lambda: (
+                    "Starting Workflow Milestone: build"
+                    in " ".join(emulator.get_workflow(wid).get("event_log") or [])
+                ),
+                what="the build to be dispatched",
+            )
+        finally:
+            process.stop()  # a warm stop flushes the batched spans
+            delete_test_queues(broker_url, settings)
+    log = process.log()
+    spans = spans_in(log)
+    (orchestrate,) = [s for s in spans if s["name"] == "orchestrate"]
+    assert orchestrate["attributes"]["workflow.id"] == wid
+    assert orchestrate["resource"]["attributes"]["service.name"] == "orchestrator-e2e"
+    trace_id = orchestrate["context"]["trace_id"]
+    inside = {
+        s["name"]
+        for s in spans
+        if s["context"]["trace_id"] == trace_id
+        and s["parent_id"] == orchestrate["context"]["span_id"]
+    }
+    assert {"manager GET /workflows/{id}", "manager PUT /workflows/{id}"} <= inside
+    assert SECRET not in log and "Bearer" not in log
