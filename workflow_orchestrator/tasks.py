@@ -40,6 +40,7 @@ from .transition import (
     Outcome,
     WorkerRequest,
     classify,
+    needs_last_dispatch,
     state_fingerprint,
     transition,
 )
@@ -176,12 +177,14 @@ def _transition(
     now = rt.clock()
     state = state_fingerprint(stored)
     control = request.get(CONTROL_KEY)
-    # Only a control needs what the Manager does not store: no read on the hot path.
-    last_dispatch = _last_dispatch(rt, workflow_id) if isinstance(control, dict) else None
+    # Only a control, or a report for a workflow an operator retried, needs what the
+    # Manager does not store: no read on the hot path.
+    wanted = isinstance(control, dict) or needs_last_dispatch(stored)
+    last_dispatch = _last_dispatch(rt, workflow_id) if wanted else None
     # A deadline is asked again and again from one stored state until it is due: it
     # must see the clock move, so it never reuses a remembered reading.
     deadline = isinstance(control, dict) and control.get("kind") == "deadline"
-    applies = isinstance(control, dict) or classify(stored, request)[0] is None
+    applies = isinstance(control, dict) or classify(stored, request, last_dispatch)[0] is None
     if applies and not deadline:  # it may be applied: maybe a redo
         first = rt.locks.transition_time(workflow_id, state, to_iso(now))
         now = parse_instant(first) or now

@@ -218,8 +218,16 @@ def _milestone_list(value: Any) -> list[str]:
     return []
 
 
-def classify(stored: dict[str, Any], message: dict[str, Any]) -> tuple[Outcome | None, str]:
-    """Where the message stands against the store; None means "apply it"."""
+def classify(
+    stored: dict[str, Any],
+    message: dict[str, Any],
+    last_dispatch: Mapping[str, Any] | None = None,
+) -> tuple[Outcome | None, str]:
+    """Where the message stands against the store; None means "apply it".
+
+    `last_dispatch` (the step start remembered beside the lock) is needed only once an
+    operator retried the workflow (`needs_last_dispatch`): it tells a late report of
+    the failed run that echoes no log from one of the retried run."""
     if stored.get("workflow_completed"):
         return Outcome.DUPLICATE, "the workflow is already completed"
     milestones = _milestone_list(message.get("milestones")) or _milestone_list(
@@ -245,14 +253,39 @@ def classify(stored: dict[str, Any], message: dict[str, Any]) -> tuple[Outcome |
             f"the message reports step {message_step} but the stored workflow is still at "
             f"{stored_step or 'none'}"
         )
-    if message_step is not None and isinstance(message.get("event_log"), list):
+    if message_step is not None and _of_a_retried_run(stored, message, last_dispatch):
+        return Outcome.DUPLICATE, (
+            f"the message reports step {message_step} of a run an operator retried since"
+        )
+    return None, ""
+
+
+def needs_last_dispatch(stored: dict[str, Any]) -> bool:
+    """Whether `classify` needs the remembered last dispatch for a report: only for a
+    workflow an operator retried (the hot path reads nothing more)."""
+    return retries_of(stored) > 0
+
+
+def _of_a_retried_run(
+    stored: dict[str, Any], message: dict[str, Any], last_dispatch: Mapping[str, Any] | None
+) -> bool:
+    """A report of the run an operator retried since, not of the retried run."""
+    retried = retries_of(stored)
+    if not retried:
+        return False
+    if isinstance(message.get("event_log"), list):
         # A report echoes the log of the request it answers: one from before an
         # operator's retry lacks the retry's line and belongs to the failed run.
-        if retries_of(message) < retries_of(stored):
-            return Outcome.DUPLICATE, (
-                f"the message reports step {message_step} of a run an operator retried since"
-            )
-    return None, ""
+        return retries_of(message) < retried
+    # No log echoed: its step start against the one the retried run was dispatched with.
+    last = last_dispatch or {}
+    if last.get("step") != message.get("current_step"):
+        return False
+    reported, dispatched = (
+        parse_instant(message.get("step_time")),
+        parse_instant(last.get("step_time")),
+    )
+    return reported is not None and dispatched is not None and reported < dispatched
 
 
 def _no_empty_step(fields: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +317,7 @@ def transition(
     control = message.get(CONTROL_KEY)
     if isinstance(control, dict):
         return _control(stored, message, control, now, topology, config, last_dispatch)
-    outcome, why = classify(stored, message)
+    outcome, why = classify(stored, message, last_dispatch)
     if outcome is Outcome.AHEAD:
         waited = (now - ahead_since).total_seconds() if ahead_since else 0.0
         if waited > config.out_of_order_timeout:

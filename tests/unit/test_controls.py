@@ -10,12 +10,14 @@ from hypothesis import strategies as st
 
 from workflow_orchestrator.queues import wait_queue, wait_queue_names
 from workflow_orchestrator.transition import (
+    CARRIED_FIELDS,
     CONTROL_KEY,
     EmailNotification,
     EngineConfig,
     Outcome,
     WorkerRequest,
     email_task_id,
+    needs_last_dispatch,
     transition,
     wait_seconds,
 )
@@ -193,3 +195,33 @@ def test_every_wait_a_deadline_takes_has_a_named_wait_queue(remaining: float, po
     used = wait_queue("q", wait_seconds(min(remaining, poll))).name
     assert used in wait_queue_names("q", poll)
     assert all(int(n.rsplit(".", 1)[1][:-1]) <= poll for n in wait_queue_names("q", poll))
+
+
+def test_a_late_report_echoing_no_log_is_told_by_its_step_start() -> None:
+    """Without an echoed log, the step start the failed run was dispatched with is
+    earlier than the one remembered for the retried run."""
+    saved, _, last = dispatched()
+    start = run(stored_workflow(), {"id": WID, "notifications_config": MAIL})
+    (old_request, _) = [e for e in start.effects if isinstance(e, WorkerRequest)]
+    failed = run(
+        saved,
+        {**old_request.payload, "workflow_completed": True, "workflow_error": True},
+        NOW + timedelta(minutes=1),
+        last,
+    )
+    retry = {"id": WID, CONTROL_KEY: {"kind": "retry"}}
+    retried = run(failed.workflow, retry, NOW + timedelta(minutes=5), last)
+    (new_request, _) = [e for e in retried.effects if isinstance(e, WorkerRequest)]
+    remembered = {"step": "build", **{k: new_request.payload.get(k) for k in CARRIED_FIELDS}}
+    assert needs_last_dispatch(retried.workflow) and not needs_last_dispatch(saved)
+
+    def report(request: WorkerRequest) -> dict[str, Any]:
+        fields = {k: v for k, v in request.payload.items() if k != "event_log"}
+        return {**fields, "etcd_token": "deploy-cluster-9"}
+
+    late = run(retried.workflow, report(old_request), NOW + timedelta(minutes=6), remembered)
+    assert late.outcome is Outcome.DUPLICATE and "retried since" in late.summary
+    ok = run(retried.workflow, report(new_request), NOW + timedelta(minutes=6), remembered)
+    assert ok.outcome is Outcome.APPLIED
+    # Nothing remembered (another host's lock directory, say): the report applies, as before.
+    assert run(retried.workflow, report(old_request)).outcome is Outcome.APPLIED
