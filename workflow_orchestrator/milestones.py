@@ -53,6 +53,9 @@ class Dispatched:
 class Failed:
     reason: str
     unexpected: bool = False  # True: an operator must look (system event)
+    #: Fields whose value the failure is about and the Manager would refuse to store
+    #: (a `scheduled_start_time` that is no time): the stored value is saved instead.
+    keep_stored: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,8 @@ def evaluate_schedule(ctx: StepContext, milestone: Milestone) -> StepResult:
     if start is None:
         return Failed(
             f"Unable to execute deployment - the scheduled_start_time {raw!r} is not a valid "
-            "RFC 1123 time (e.g. 'Tue, 05 Mar 2013 23:25:19 GMT')!"
+            "RFC 1123 time (e.g. 'Tue, 05 Mar 2013 23:25:19 GMT')!",
+            keep_stored=("scheduled_start_time",),
         )
     remaining = (start - ctx.now).total_seconds()
     if remaining <= 0:

@@ -336,6 +336,7 @@ def transition(
     # message for this run derives the same ids; a start message has none yet, and
     # its own identity (kept by redelivery) stands in.
     run = _Run(workflow, now, topology, config, run_key_of(workflow, message_key))
+    run.stored = stored
     run.apply(message)
     return Decision(Outcome.APPLIED, run.summary, run.workflow, tuple(run.effects))
 
@@ -479,6 +480,9 @@ class _Run:
         self.summary = ""
         #: A retried step writes its lines again, though the same text is in the log.
         self.appends_all = False
+        #: The workflow as the Manager stored it, for the values a failure must not
+        #: overwrite (Failed.keep_stored).
+        self.stored: Mapping[str, Any] = {}
 
     # -- the event log -------------------------------------------------------------
     def log(self, message: str, success: bool = True) -> None:
@@ -568,6 +572,8 @@ class _Run:
             self.complete_step(step)
             return True
         if isinstance(result, Failed):
+            for name in result.keep_stored:
+                self.workflow[name] = self.stored.get(name)
             self.fail(result.reason, unexpected=result.unexpected)
             return False
         if isinstance(result, Waiting):

@@ -8,8 +8,6 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
 
-import pytest
-
 from tests.support import wait_for
 
 from .conftest import Contract
@@ -277,12 +275,6 @@ def test_scheduled_waits_then_starts_and_records_its_duration(contract: Contract
     assert "scheduled" in wf["workflow_step_durations"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="§4 scheduled: an unparsable scheduled_start_time must fail the workflow; the "
-    "orchestrator PUTs the bad value back, the Manager answers 500 and the message ends "
-    "dead-lettered (gave_up) with the workflow never marked failed",
-)
 def test_an_unparsable_scheduled_time_fails_the_workflow(contract: Contract) -> None:
     bad = contract.new_workflow(["scheduled", "build"])  # the Manager stores only valid times
     contract.send({"id": bad, "scheduled_start_time": "next tuesday-ish"})

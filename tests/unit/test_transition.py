@@ -540,6 +540,20 @@ def test_scheduled_with_an_unreadable_time_names_it() -> None:
     assert "'next tuesday'" in failure_reason(decision)
 
 
+def test_an_unreadable_time_from_a_message_is_named_but_never_saved() -> None:
+    """The Manager stores a time or nothing: the PUT keeps the stored value, or the
+    real Manager would refuse the save and the workflow would never be marked failed."""
+    stamp = "Tue, 05 Mar 2013 23:25:19 GMT"
+    for stored_value in (None, stamp):
+        decision = run(
+            stored_workflow(milestones=["scheduled"], scheduled_start_time=stored_value),
+            {"id": WID, "scheduled_start_time": "next tuesday"},
+        )
+        assert "'next tuesday'" in failure_reason(decision)
+        assert decision.workflow["workflow_error"] is True
+        assert decision.workflow["scheduled_start_time"] == stored_value
+
+
 @pytest.mark.parametrize(
     "stamp",
     [
