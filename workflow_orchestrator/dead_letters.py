@@ -30,9 +30,20 @@ REASON_HEADER = "x-orchestrator-dead-letter-reason"
 AT_HEADER = "x-orchestrator-dead-lettered-at"
 #: Longest reason kept in the header (AMQP headers are small; the log has the rest).
 REASON_MAX = 1000
-#: Properties of the original that the copy keeps (user_id would be checked against
-#: our own login by RabbitMQ; an expiration would let the copy vanish).
-KEPT_PROPERTIES = ("correlation_id", "reply_to", "priority", "message_id", "timestamp", "type")
+#: Properties of the original that the copy keeps: all of AMQP's but `user_id` (RabbitMQ
+#: checks it against our own login and would refuse the copy) and `expiration` (the copy
+#: would vanish from the error queue); content type, encoding, headers and delivery mode
+#: are passed on their own.
+KEPT_PROPERTIES = (
+    "correlation_id",
+    "reply_to",
+    "priority",
+    "message_id",
+    "timestamp",
+    "type",
+    "app_id",
+    "cluster_id",
+)
 #: A dead letter blocks the consumer for its confirm: a few quick tries, then give the
 #: original back to the queue.
 RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
@@ -62,7 +73,7 @@ def publish_dead_letter(
                 headers=dead_letter_headers(message.headers, reason, now),
                 content_type=message.content_type or "application/octet-stream",
                 content_encoding=message.content_encoding or "binary",
-                delivery_mode=2,
+                delivery_mode=properties.get("delivery_mode") or 2,
                 declare=[queue],
                 retry=True,
                 retry_policy=RETRY_POLICY,

@@ -118,11 +118,6 @@ def test_an_invalid_message_names_the_field_and_is_dead_lettered_once(contract: 
     assert event["data"]["kind"] == "invalid_message" and event["data"]["workflow_id"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="§9 dead-lettering keeps 'body, headers and properties unchanged'; "
-    "dead_letters.KEPT_PROPERTIES drops app_id (and expiration, user_id)",
-)
 def test_a_dead_letter_keeps_the_message_properties(contract: Contract) -> None:
     contract.dead_letters()
     task_id = str(uuid.uuid4())
