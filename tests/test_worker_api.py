@@ -520,3 +520,78 @@ def test_example_builder_reports_success_and_failure(
     note = task_argument(chat, HIPCHAT_TASK, chat.headers["id"])
     assert note["is_success"] is False
     assert note["prefix"] == PREFIX
+
+
+# --- the call shapes of CONTRACT §8 -----------------------------------------------------
+
+
+def test_the_callbacks_work_as_the_contract_names_them_inside_a_workers_task(
+    broker_url: str, request_: dict[str, Any], orch_queue: Queue, chat_queue: Queue
+) -> None:
+    """`step_completed(request)`, `publish_success_notification(request, message)`,
+    `step_failed(request, message, reason)`: the app is the worker's own, the one a
+    Celery worker makes current while it runs its task."""
+    peer = worker_app("wo-test-current", broker_url)
+    previous = current_app._get_current_object()
+    peer.set_current()
+    try:
+        updated = publish_success_notification(
+            request_, "checked out", hipchat_queue=chat_queue.name
+        )
+        assert updated["event_log"][-1] == f"{PREFIX} checked out"
+        task_id = step_completed(updated)
+        sent = task_argument(receive(orch_queue), ORCHESTRATE_TASK, task_id)
+        assert sent["event_log"][-1] == f"{PREFIX} checked out"
+        chat = receive(chat_queue)
+        assert chat.headers["task"] == HIPCHAT_TASK
+        (note,), _, _ = chat.decode()
+        assert note["message"] == "checked out" and note["is_success"] is True
+        failed_id = step_failed(updated, "build failed", "exit 1", hipchat_queue=chat_queue.name)
+        report = task_argument(receive(orch_queue), ORCHESTRATE_TASK, failed_id)
+        assert report["event_log"][-2:] == [f"{PREFIX} exit 1", f"{PREFIX} build failed"]
+        started = execute_workflow(WID, queue=orch_queue.name, force_build=True)
+        start = task_argument(receive(orch_queue), ORCHESTRATE_TASK, started)
+        assert start == {"id": WID, "workflow_id": WID, "force_build": True}
+        assert receive(chat_queue).decode()[0][0]["is_success"] is False  # the failure chat
+    finally:
+        previous.set_current()
+        peer.close()
+
+
+def test_save_and_register_read_the_manager_from_the_environment(
+    request_: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`save(request)` and `register(module_type)`: MANAGER_URL, OAUTH_* and EXCHANGE_ID
+    as the orchestrator reads them; one client per app."""
+    from tests.conftest import CLIENT_ID, CLIENT_SECRET
+    from workflow_orchestrator.emulator import ManagerEmulator
+
+    with ManagerEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as emulator:
+        emulator.add_exchange("2", name="remote")
+        for name, value in {
+            "MANAGER_URL": emulator.url,
+            "OAUTH_LOGIN_URL": emulator.token_url,
+            "OAUTH_CLIENT_ID": CLIENT_ID,
+            "OAUTH_CLIENT_SECRET": CLIENT_SECRET,
+            "EXCHANGE_ID": "2",
+        }.items():
+            monkeypatch.setenv(name, value)
+        peer = Celery("wo-test-env", set_as_current=False)
+        previous = current_app._get_current_object()
+        peer.set_current()
+        try:
+            workflow_id = emulator.add_workflow({"milestones": ["build"]})
+            save({**request_, "id": workflow_id, "event_log": ["[OA][x] received"]})
+            assert emulator.get_workflow(workflow_id)["event_log"] == ["[OA][x] received"]
+            registration = register("builder", hostname="env-builder", interval=60)
+            wait_for(lambda: emulator.modules("2"), what="the module record")
+            registration.stop()
+            assert emulator.counters().get("POST /oauth/token") == 1  # one client, one token
+        finally:
+            previous.set_current()
+        ((record,),) = [emulator.modules("2")]
+        assert (record["hostname"], record["type"], record["status"]) == (
+            "env-builder",
+            "builder",
+            "inactive",
+        )

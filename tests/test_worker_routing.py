@@ -81,3 +81,41 @@ def test_reports_and_chats_go_to_the_broker_the_request_names(
             assert take(region.url, "wo_routing_orchestration").headers["task"]
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert home.password not in logged and region.password not in logged
+
+
+def test_a_plain_celery_worker_routes_by_the_environment(
+    extra_vhost: Callable[..., Vhost], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`step_completed(request)` inside a worker of any Celery app: BROKER_ID and the
+    Manager settings in its environment (as the orchestrator reads them) route it."""
+    from celery import Celery, current_app
+
+    home, region = extra_vhost("orchestrator"), extra_vhost("region2")
+    with ManagerEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as emulator:
+        emulator.add_broker(1, name="orchestrator's broker")
+        emulator.add_broker_connection(1, home.host, home.port, home.user, home.password, home.name)
+        for name, value in {
+            "BROKER_ID": "2",
+            "MANAGER_URL": emulator.url,
+            "OAUTH_LOGIN_URL": emulator.token_url,
+            "OAUTH_CLIENT_ID": CLIENT_ID,
+            "OAUTH_CLIENT_SECRET": CLIENT_SECRET,
+        }.items():
+            monkeypatch.setenv(name, value)
+        app = Celery("a-plain-builder", broker=region.url, set_as_current=False)
+        app.conf.broker_url = app.conf.broker_write_url = region.url
+        previous = current_app._get_current_object()
+        app.set_current()
+        try:
+            request = {
+                "id": WID,
+                "current_step": "build",
+                "orchestration_queue_name": "wo_env_routing_orchestration",
+                "workflow_orchestration_broker_id": "1",
+            }
+            step_completed(request, "Build finished")
+            report = take(home.url, "wo_env_routing_orchestration")
+            assert json.loads(report.body)[0][0]["event_log"] == [f"[OA][{WID}] Build finished"]
+            assert empty(region.url, "wo_env_routing_orchestration")
+        finally:
+            previous.set_current()

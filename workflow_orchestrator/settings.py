@@ -294,6 +294,15 @@ def _reader(config: Callable[..., Any]) -> Callable[[str, Callable[[str], Any]],
     return read
 
 
+def setting_reader(
+    config: Callable[..., Any] | None = None,
+) -> Callable[[str, Callable[[str], Any]], Any]:
+    """`read(NAME, cast)`: one setting, from the environment or a `.env` in the working
+    directory, with its default and checks, for code that needs a few settings and not
+    a whole `Settings` (the worker library's Manager client)."""
+    return _reader(config or AutoConfig(search_path=os.getcwd()))
+
+
 def _choice(name: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
     def cast(value: str) -> str:
         if value.lower() not in allowed:

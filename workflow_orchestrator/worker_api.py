@@ -13,22 +13,26 @@ The caller's dict is never mutated: each helper works on a deep copy.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import logging
 import socket
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, current_app
 from kombu import Queue
 
 from .broker_pool import BrokerPublisher
 from .brokers import BrokerResolver
-from .manager import ManagerClient, fit_workload
+from .errors import SettingsError
+from .manager import ManagerClient, TokenSource, fit_workload
 from .notifications import chat_note, room_names
 from .publisher import PUBLISH_RETRY_POLICY, describe
 from .queues import plain_queue
+from .settings import setting_reader
 from .transition import CONTROL_KEY
 
 logger = logging.getLogger("workflow_orchestrator.worker_api")
@@ -87,6 +91,67 @@ def _destination(app: Celery, name: str) -> str | Queue:
     return plain_queue(name)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def app_optional(func: F) -> F:
+    """Let `func(app, request, ...)` also be called as CONTRACT §8 names it,
+    `func(request, ...)` (or with `app=` as a keyword): the app is then Celery's current
+    app, which inside a worker's task is that worker's own app."""
+    signature = inspect.signature(func)
+    params = list(signature.parameters.values())[1:]
+    at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
+    app_param = inspect.Parameter(
+        "app", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Celery | None"
+    )
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if args and isinstance(args[0], Celery):
+            return func(*args, **kwargs)
+        app = kwargs.pop("app", None) or current_app._get_current_object()
+        return func(app, *args, **kwargs)
+
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*params[:at], app_param, *params[at:]]
+    )
+    return wrapper  # type: ignore[return-value]
+
+
+#: The app attribute holding the Manager client `save` and `register` make when given none.
+MANAGER_ATTRIBUTE = "workflow_orchestrator_manager"
+
+
+def manager_from_environment(config: Callable[..., Any] | None = None) -> ManagerClient:
+    """A Manager client from the settings the orchestrator reads (MANAGER_URL,
+    OAUTH_LOGIN_URL, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_BODY and the
+    MANAGER_*_TIMEOUT ones), from the environment or a `.env` in the working directory;
+    a missing one raises SettingsError naming it."""
+    read = setting_reader(config)
+    connect, timeout = read("MANAGER_CONNECT_TIMEOUT", float), read("MANAGER_READ_TIMEOUT", float)
+    tokens = TokenSource(
+        read("OAUTH_LOGIN_URL", str),
+        read("OAUTH_CLIENT_ID", str),
+        read("OAUTH_CLIENT_SECRET", str),
+        body=read("OAUTH_BODY", str),
+        connect_timeout=connect,
+        read_timeout=timeout,
+    )
+    return ManagerClient(
+        read("MANAGER_URL", str), tokens, connect_timeout=connect, read_timeout=timeout
+    )
+
+
+def _default_manager() -> ManagerClient:
+    """One client per Celery app (the current one), made from the environment once."""
+    app = current_app._get_current_object()
+    client = getattr(app, MANAGER_ATTRIBUTE, None)
+    if client is None:
+        client = manager_from_environment()
+        setattr(app, MANAGER_ATTRIBUTE, client)
+    return client
+
+
 #: The app attribute holding a worker's `WorkerRouting` (set by `worker_app`).
 ROUTING_ATTRIBUTE = "workflow_orchestrator_routing"
 
@@ -127,7 +192,7 @@ def _send(
     broker_id: Any = None,
 ) -> str:
     """Publish on the app's broker, or on the broker `broker_id` names when it is another."""
-    routing: WorkerRouting | None = getattr(app, ROUTING_ATTRIBUTE, None)
+    routing = _routing(app) if broker_id not in (None, "") else None
     if routing is not None and routing.elsewhere(broker_id):
         name = queue.name if isinstance(queue, Queue) else queue
         return routing.send(broker_id, task, name, payload, argsrepr)
@@ -144,6 +209,27 @@ def _send(
     queue_name = queue.name if isinstance(queue, Queue) else queue
     logger.info("sent %s to queue %s (task id %s): %s", task, queue_name, result.id, argsrepr)
     return result.id
+
+
+def _routing(app: Celery) -> WorkerRouting | None:
+    """The app's routing: the one `worker_app(..., broker_id=, manager=)` set, else one
+    from the environment (BROKER_ID and the Manager settings, as the orchestrator reads
+    them), made once per app; None when the environment does not say (own broker only)."""
+    routing = getattr(app, ROUTING_ATTRIBUTE, None)
+    if routing is None:
+        try:
+            broker_id = setting_reader()("BROKER_ID", str)
+            routing = WorkerRouting(app, broker_id, _default_manager())
+        except SettingsError as exc:
+            logger.warning(
+                "reports and chats go to this worker's own broker whatever broker a request "
+                "names: %s (set BROKER_ID and the Manager settings, or use worker_app("
+                "..., broker_id=, manager=))",
+                exc,
+            )
+            routing = False
+        setattr(app, ROUTING_ATTRIBUTE, routing)
+    return routing or None
 
 
 def _report_back(
@@ -183,6 +269,7 @@ def _notify(
     )
 
 
+@app_optional
 def step_completed(
     app: Celery,
     request: dict[str, Any],
@@ -203,6 +290,7 @@ def step_completed(
     return _report_back(app, request, "completed", orchestrate_task, orchestration_queue)
 
 
+@app_optional
 def step_failed(
     app: Celery,
     request: dict[str, Any],
@@ -249,6 +337,7 @@ def _publish_notification(
     return request
 
 
+@app_optional
 def publish_success_notification(
     app: Celery,
     request: dict[str, Any],
@@ -262,6 +351,7 @@ def publish_success_notification(
     return _publish_notification(app, request, message, True, hipchat_task, hipchat_queue)
 
 
+@app_optional
 def publish_failure_notification(
     app: Celery,
     request: dict[str, Any],
@@ -274,9 +364,17 @@ def publish_failure_notification(
     return _publish_notification(app, request, message, False, hipchat_task, hipchat_queue)
 
 
-def save(manager: ManagerClient, request: dict[str, Any]) -> None:
-    """`PUT /workflows/{id}` of the request's workflow fields, as OpenAperture's builder
-    does on receipt, so the Manager shows the step's progress before the report."""
+def save(*args: Any, manager: ManagerClient | None = None) -> None:
+    """`save(request)`: `PUT /workflows/{id}` of the request's workflow fields, as
+    OpenAperture's builder does on receipt, so the Manager shows the step's progress
+    before the report. The Manager client is `manager` (or `save(manager, request)`),
+    else one made from the environment (`manager_from_environment`), once per app."""
+    if len(args) == 2 and isinstance(args[0], ManagerClient):
+        manager, args = args[0], args[1:]
+    if len(args) != 1 or not isinstance(args[0], dict):
+        raise TypeError("save takes the request: save(request) or save(manager, request)")
+    request: dict[str, Any] = args[0]
+    manager = manager or _default_manager()
     workflow_id = request.get("id")
     if not isinstance(workflow_id, str) or not workflow_id:
         raise ValueError("the request has no workflow id")
@@ -344,16 +442,23 @@ class ModuleRegistration:
             logger.warning("could not register %s as inactive: %s", self.module_type, exc)
 
 
-def register(
-    manager: ManagerClient,
-    exchange_id: str | int,
-    module_type: str,
-    **options: Any,
-) -> ModuleRegistration:
-    """Register this worker's module (e.g. `builder`) and keep it alive; `.stop()` at exit."""
+def register(*args: Any, **options: Any) -> ModuleRegistration:
+    """`register(module_type)`: register this worker's module (e.g. `builder`) and keep it
+    alive with a heartbeat; `.stop()` at exit. Also `register(manager, exchange_id,
+    module_type)`; otherwise `manager=` and `exchange_id=` default to a client made from
+    the environment and its EXCHANGE_ID."""
+    if len(args) == 3:
+        manager, exchange_id, module_type = args
+    elif len(args) == 1:
+        (module_type,) = args
+        manager = options.pop("manager", None) or _default_manager()
+        exchange_id = options.pop("exchange_id", None) or setting_reader()("EXCHANGE_ID", str)
+    else:
+        raise TypeError("register(module_type) or register(manager, exchange_id, module_type)")
     return ModuleRegistration(manager, exchange_id, module_type, **options).start()
 
 
+@app_optional
 def execute_workflow(
     app: Celery,
     workflow_id: str,
@@ -405,6 +510,7 @@ def _control(
     )
 
 
+@app_optional
 def cancel_workflow(
     app: Celery,
     workflow_id: str,
@@ -421,6 +527,7 @@ def cancel_workflow(
     return _control(app, workflow_id, control, queue, orchestrate_task)
 
 
+@app_optional
 def retry_workflow(
     app: Celery,
     workflow_id: str,

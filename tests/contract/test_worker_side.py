@@ -8,7 +8,6 @@ import subprocess
 import sys
 import uuid
 
-import pytest
 from celery import Celery
 from kombu import Connection
 
@@ -39,12 +38,6 @@ print(json.dumps({"current": celery.current_app.main, "same_logging": before == 
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="§8 names `step_completed(request)`, `step_failed(request, message, reason)`, "
-    "`save(request)`, `register(module_type)`, `execute_workflow(workflow_id, force_build=...)`; "
-    "worker_api's functions all need an app/Manager client/exchange id first",
-)
 def test_the_callbacks_take_the_arguments_the_contract_names() -> None:
     from workflow_orchestrator import worker_api as api
 
