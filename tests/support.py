@@ -227,3 +227,35 @@ def system_settings(
         **changes,
     }
     return Settings(**options)
+
+
+class WorkflowsView:
+    """What every whole-system fixture offers on top of its `emulator`: workflows to
+    start and their stored state (a mixin for the systems' dataclasses)."""
+
+    emulator: Any
+
+    def new_workflow(self, milestones: list[str], **fields: Any) -> str:
+        return self.emulator.add_workflow(
+            {
+                "deployment_repo": "Test-Org/app_docker",
+                "deployment_repo_git_ref": "master",
+                "source_repo": "Test-Org/app",
+                "source_repo_git_ref": "abc123",
+                "milestones": milestones,
+                **fields,
+            }
+        )
+
+    def workflow(self, workflow_id: str) -> dict[str, Any]:
+        stored = self.emulator.get_workflow(workflow_id)
+        assert stored is not None
+        return stored
+
+    def wait_completed(self, workflow_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        wait_for(
+            lambda: self.workflow(workflow_id).get("workflow_completed"),
+            timeout,
+            f"workflow {workflow_id} to complete",
+        )
+        return self.workflow(workflow_id)

@@ -24,10 +24,10 @@ from kombu import Connection, Exchange, Queue
 
 from tests.support import (
     OrchestratorProcess,
+    WorkflowsView,
     delete_test_queues,
     in_process_worker,
     system_settings,
-    wait_for,
     wait_registered,
 )
 from workflow_orchestrator.emulator import ManagerEmulator
@@ -157,43 +157,18 @@ def plain_peers(broker_url: str, settings: Settings, recorder: Recorder) -> Cele
 
 
 @dataclass
-class Contract:
+class Contract(WorkflowsView):
     emulator: ManagerEmulator
     settings: Settings
     recorder: Recorder
     caller: Celery
     orchestrator: OrchestratorProcess
 
-    def new_workflow(self, milestones: list[str], **fields: Any) -> str:
-        return self.emulator.add_workflow(
-            {
-                "deployment_repo": "Test-Org/app_docker",
-                "deployment_repo_git_ref": "master",
-                "source_repo": "Test-Org/app",
-                "source_repo_git_ref": "abc123",
-                "milestones": milestones,
-                **fields,
-            }
-        )
-
     def send(self, payload: Any, **options: Any) -> str:
         """A plain client: Celery's defaults, nothing of ours (CONTRACT.md §1)."""
         return self.caller.send_task(
             ORCHESTRATE, args=[payload], queue=self.settings.queue_name, **options
         ).id
-
-    def workflow(self, workflow_id: str) -> dict[str, Any]:
-        stored = self.emulator.get_workflow(workflow_id)
-        assert stored is not None
-        return stored
-
-    def wait_completed(self, workflow_id: str, timeout: float = 30.0) -> dict[str, Any]:
-        wait_for(
-            lambda: self.workflow(workflow_id).get("workflow_completed"),
-            timeout,
-            f"workflow {workflow_id} to complete",
-        )
-        return self.workflow(workflow_id)
 
     def lines(self, workflow_id: str) -> list[str]:
         return list(self.workflow(workflow_id)["event_log"])

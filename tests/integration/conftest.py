@@ -20,10 +20,10 @@ from kombu import Connection
 
 from tests.support import (
     OrchestratorProcess,
+    WorkflowsView,
     delete_test_queues,
     in_process_worker,
     system_settings,
-    wait_for,
     wait_registered,
 )
 from workflow_orchestrator.emulator import ManagerEmulator
@@ -118,24 +118,12 @@ def build_peers(settings: Settings, recorder: Recorder) -> Celery:
 
 
 @dataclass
-class System:
+class System(WorkflowsView):
     emulator: ManagerEmulator
     settings: Settings
     recorder: Recorder
     caller: Celery
     orchestrator: OrchestratorProcess
-
-    def new_workflow(self, milestones: list[str], **fields: Any) -> str:
-        return self.emulator.add_workflow(
-            {
-                "deployment_repo": "Test-Org/app_docker",
-                "deployment_repo_git_ref": "master",
-                "source_repo": "Test-Org/app",
-                "source_repo_git_ref": "abc123",
-                "milestones": milestones,
-                **fields,
-            }
-        )
 
     def send(self, payload: Any, **options: Any) -> str:
         result = self.caller.send_task(
@@ -148,19 +136,6 @@ class System:
 
     def start(self, workflow_id: str, **fields: Any) -> str:
         return self.send({"id": workflow_id, **fields})
-
-    def workflow(self, workflow_id: str) -> dict[str, Any]:
-        stored = self.emulator.get_workflow(workflow_id)
-        assert stored is not None
-        return stored
-
-    def wait_completed(self, workflow_id: str, timeout: float = 30.0) -> dict[str, Any]:
-        wait_for(
-            lambda: self.workflow(workflow_id).get("workflow_completed"),
-            timeout,
-            f"workflow {workflow_id} to complete",
-        )
-        return self.workflow(workflow_id)
 
     def events(self, workflow_id: str) -> list[str]:
         prefix = "] "
