@@ -103,6 +103,28 @@ def lock_file_name(workflow_id: str) -> str:
     return f"{prefix}-{digest}.lock" if prefix else f"{digest}.lock"
 
 
+def _read_all(fd: int) -> bytes:
+    """The whole content of an open file, read from its start."""
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 4096, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Replace an open file's content with `data`: written over the old content, then
+    cut to its length, so the file is never seen empty (plain os calls: a Python file
+    object per small read or write costs several more system calls)."""
+    offset = 0
+    while offset < len(data):
+        offset += os.pwrite(fd, data[offset:], offset)
+    os.ftruncate(fd, len(data))
+
+
 class FileLocks:
     """``fcntl.flock`` locks under `directory`: threads and processes of one host.
 
@@ -177,21 +199,26 @@ class FileLocks:
         """One small file per workflow beside its lock, holding `state now`."""
         path = self.path_for(workflow_id)[: -len(".lock")] + ".time"
         try:
-            with open(path) as handle:
-                remembered_state, _, remembered = handle.read().strip().partition(" ")
-            fresh = time.time() - os.stat(path).st_mtime < DELIVERY_MEMORY_SECONDS
+            fd = self._open(path)
+        except OSError as exc:
+            raise LockUnavailable(workflow_id, f"cannot open {path}: {exc}") from exc
+        try:
+            try:
+                remembered_state, _, remembered = (
+                    _read_all(fd).decode("utf-8", "replace").strip().partition(" ")
+                )
+                fresh = time.time() - os.fstat(fd).st_mtime < DELIVERY_MEMORY_SECONDS
+            except OSError as exc:
+                raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
             if remembered_state == state and remembered and fresh:
                 return remembered
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
-        try:
-            with open(path, "w") as handle:
-                handle.write(f"{state} {now}")
-        except OSError as exc:
-            raise LockUnavailable(workflow_id, f"cannot write {path}: {exc}") from exc
-        return now
+            try:
+                _write_all(fd, f"{state} {now}".encode())
+            except OSError as exc:
+                raise LockUnavailable(workflow_id, f"cannot write {path}: {exc}") from exc
+            return now
+        finally:
+            os.close(fd)
 
     def _memory_path(self, workflow_id: str, name: str) -> str:
         return self.path_for(workflow_id)[: -len(".lock")] + f".{name}"
@@ -199,21 +226,28 @@ class FileLocks:
     def recall(self, workflow_id: str, name: str) -> str | None:
         path = self._memory_path(workflow_id, name)
         try:
-            with open(path) as handle:
-                value = handle.read()
-            if time.time() - os.stat(path).st_mtime < DELIVERY_MEMORY_SECONDS:
-                return value
-            return None
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
+        try:
+            if time.time() - os.fstat(fd).st_mtime >= DELIVERY_MEMORY_SECONDS:
+                return None
+            return _read_all(fd).decode("utf-8", "surrogateescape")
+        except OSError as exc:
+            raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
+        finally:
+            os.close(fd)
 
     def remember(self, workflow_id: str, name: str, value: str) -> None:
         path = self._memory_path(workflow_id, name)
         try:
-            with open(path, "w") as handle:
-                handle.write(value)
+            fd = self._open(path)
+            try:
+                _write_all(fd, value.encode("utf-8", "surrogateescape"))
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise LockUnavailable(workflow_id, f"cannot write {path}: {exc}") from exc
 
