@@ -91,6 +91,7 @@ class PhaseSpec:
     queue: str
     ids: list[str]
     window: int
+    start_fields: dict[str, Any] = field(default_factory=lambda: dict(START_FIELDS))
 
 
 class System:
@@ -136,12 +137,20 @@ class System:
 
     # -- set-up -------------------------------------------------------------------------
 
-    def add_phase(self, name: str, workflows: int, window: int, baseline: bool = False) -> None:
+    def add_phase(
+        self,
+        name: str,
+        workflows: int,
+        window: int,
+        baseline: bool = False,
+        start_fields: dict[str, Any] | None = None,
+    ) -> None:
         # Workflow ids are UUIDs, as the Manager's are (it refuses anything else).
         space = uuid.uuid5(uuid.NAMESPACE_URL, f"bench/{self.names.suffix}/{name}")
         ids = [str(uuid.uuid5(space, str(i))) for i in range(workflows)]
         queue = self.names.baseline if baseline else self.names.orchestration
-        self.phases[name] = PhaseSpec(name, queue, ids, min(window, workflows))
+        fields = {**START_FIELDS, **(start_fields or {})}
+        self.phases[name] = PhaseSpec(name, queue, ids, min(window, workflows), fields)
 
     def _log(self, name: str) -> Path:
         return self.logdir / f"{self.names.suffix}-{name}.log"
@@ -256,7 +265,12 @@ class System:
             "latency_dir": str(self.workdir),
             "start_fields": START_FIELDS,
             "phases": {
-                s.name: {"queue": s.queue, "ids": s.ids, "window": s.window}
+                s.name: {
+                    "queue": s.queue,
+                    "ids": s.ids,
+                    "window": s.window,
+                    "start_fields": s.start_fields,
+                }
                 for s in self.phases.values()
             },
         }
@@ -469,12 +483,15 @@ class System:
 
     # -- a phase --------------------------------------------------------------------------------
 
-    def send_start(self, queue: str, workflow_id: str) -> None:
+    def send_start(
+        self, queue: str, workflow_id: str, fields: dict[str, Any] | None = None
+    ) -> None:
         from workflow_orchestrator.queues import orchestration_queue
 
+        fields = START_FIELDS if fields is None else fields
         self.caller.send_task(
             ORCHESTRATE_TASK,
-            args=[{"id": workflow_id, **START_FIELDS, "bench_sent_at": time.time()}],
+            args=[{"id": workflow_id, **fields, "bench_sent_at": time.time()}],
             queue=orchestration_queue(queue),
             retry=True,
         )
@@ -499,7 +516,7 @@ class System:
         cpu_before = self.cpu(worker)
         started = time.time()
         for wid in spec.ids[: spec.window]:
-            self.send_start(spec.queue, wid)
+            self.send_start(spec.queue, wid, spec.start_fields)
         samples: list[tuple[float, int, int]] = []
         last_progress, last_done = time.monotonic(), -1
         while True:

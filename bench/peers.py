@@ -80,6 +80,7 @@ class Phase:
     def __init__(self, name: str, spec: dict[str, Any]) -> None:
         self.name = name
         self.queue = spec["queue"]
+        self.start_fields = spec.get("start_fields") or START_FIELDS
         self.total = len(spec["ids"])
         self.pending = deque(spec["ids"][spec["window"] :])
         self.done: set[str] = set()
@@ -127,7 +128,7 @@ def _phase(workflow_id: Any) -> Phase | None:
 def _start(phase: Phase, workflow_id: str) -> None:
     app.send_task(
         ORCHESTRATE_TASK,
-        args=[{"id": workflow_id, **START_FIELDS, "bench_sent_at": time.time()}],
+        args=[{"id": workflow_id, **phase.start_fields, "bench_sent_at": time.time()}],
         queue=orchestration_queue(phase.queue),
         retry=True,
     )

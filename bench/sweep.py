@@ -53,6 +53,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+#: Key prefixes of the orchestrator's Redis lock (workflow_orchestrator.locking).
+REDIS_PREFIX = "workflow-orchestrator:"
+
+
+def redis_lock_url(extra: dict[str, str]) -> str | None:
+    """LOCK_URL when it names Redis; a run must not use db 0 (the machine's shared one)."""
+    url = extra.get("LOCK_URL", "")
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    from urllib.parse import urlsplit
+
+    db = urlsplit(url).path.strip("/") or "0"
+    if db == "0":
+        raise SystemExit("LOCK_URL must name a Redis database other than 0, e.g. redis://…/7")
+    return url
+
+
+def delete_lock_keys(url: str) -> int:
+    """Delete the run's keys (the orchestrator's prefixes only; never a flush)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    removed = 0
+    for key in client.scan_iter(match=REDIS_PREFIX + "*", count=1000):
+        removed += client.delete(key)
+    client.close()
+    return removed
+
+
 def markdown(rows: list[dict[str, Any]], procfile: tuple[str, int]) -> str:
     best = max(rows, key=lambda r: r["transitions_per_s"])
     out = [
@@ -83,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(w) for w in args.workers.split(",") if w.strip()]
     combos = [(p, c, w) for w in counts for p in pools for c in levels]
     extra = dict(item.split("=", 1) for item in args.env)
+    lock_url = redis_lock_url(extra)
     system = System(args.broker_url, keep_logs=args.keep_logs)
     for r in range(args.repeat):
         for pool, conc, w in combos:
@@ -113,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"sweep failed: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if lock_url:
+            print(f"deleted {delete_lock_keys(lock_url)} lock keys from {lock_url}")
     rows = []
     for (pool, conc, w), runs in results.items():
         rows.append(
