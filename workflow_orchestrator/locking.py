@@ -103,26 +103,29 @@ def lock_file_name(workflow_id: str) -> str:
     return f"{prefix}-{digest}.lock" if prefix else f"{digest}.lock"
 
 
-def _read_all(fd: int) -> bytes:
-    """The whole content of an open file, read from its start."""
+def _read_all(fd: int, size: int) -> bytes:
+    """The whole content of an open file of `size` bytes (its fstat), read from its
+    start: one read unless the file grew meanwhile."""
     chunks = []
     offset = 0
     while True:
-        chunk = os.pread(fd, 4096, offset)
-        if not chunk:
-            return b"".join(chunks)
+        chunk = os.pread(fd, size + 4096, offset)
         chunks.append(chunk)
         offset += len(chunk)
+        if len(chunk) < size + 4096:
+            return b"".join(chunks)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Replace an open file's content with `data`: written over the old content, then
-    cut to its length, so the file is never seen empty (plain os calls: a Python file
-    object per small read or write costs several more system calls)."""
+def _write_over(fd: int, data: bytes, old_size: int) -> None:
+    """Replace an open file's content of `old_size` bytes with `data`: written over the
+    old content, then cut to its length when it shrank, so the file is never seen empty
+    (plain os calls: a Python file object per small read or write costs several more
+    system calls)."""
     offset = 0
     while offset < len(data):
         offset += os.pwrite(fd, data[offset:], offset)
-    os.ftruncate(fd, len(data))
+    if old_size > len(data):
+        os.ftruncate(fd, len(data))
 
 
 class FileLocks:
@@ -204,16 +207,17 @@ class FileLocks:
             raise LockUnavailable(workflow_id, f"cannot open {path}: {exc}") from exc
         try:
             try:
+                info = os.fstat(fd)
                 remembered_state, _, remembered = (
-                    _read_all(fd).decode("utf-8", "replace").strip().partition(" ")
+                    _read_all(fd, info.st_size).decode("utf-8", "replace").strip().partition(" ")
                 )
-                fresh = time.time() - os.fstat(fd).st_mtime < DELIVERY_MEMORY_SECONDS
+                fresh = time.time() - info.st_mtime < DELIVERY_MEMORY_SECONDS
             except OSError as exc:
                 raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
             if remembered_state == state and remembered and fresh:
                 return remembered
             try:
-                _write_all(fd, f"{state} {now}".encode())
+                _write_over(fd, f"{state} {now}".encode(), info.st_size)
             except OSError as exc:
                 raise LockUnavailable(workflow_id, f"cannot write {path}: {exc}") from exc
             return now
@@ -232,9 +236,10 @@ class FileLocks:
         except OSError as exc:
             raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
         try:
-            if time.time() - os.fstat(fd).st_mtime >= DELIVERY_MEMORY_SECONDS:
+            info = os.fstat(fd)
+            if time.time() - info.st_mtime >= DELIVERY_MEMORY_SECONDS:
                 return None
-            return _read_all(fd).decode("utf-8", "surrogateescape")
+            return _read_all(fd, info.st_size).decode("utf-8", "surrogateescape")
         except OSError as exc:
             raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
         finally:
@@ -242,10 +247,15 @@ class FileLocks:
 
     def remember(self, workflow_id: str, name: str, value: str) -> None:
         path = self._memory_path(workflow_id, name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
-            fd = self._open(path)
+            # Truncated on open, as a Python file opened with "w" is (what this replaces).
+            fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)
             try:
-                _write_all(fd, value.encode("utf-8", "surrogateescape"))
+                data = value.encode("utf-8", "surrogateescape")
+                offset = 0
+                while offset < len(data):
+                    offset += os.write(fd, data[offset:])
             finally:
                 os.close(fd)
         except OSError as exc:
