@@ -3,7 +3,7 @@
 Usage (from the repository root, in the project's virtualenv; RabbitMQ on 127.0.0.1)::
 
     python bench/run.py --quick             # < 4 minutes: 5 rounds of 400 workflows per side
-    python bench/run.py                     # 3 rounds of 2000 per side, with the baseline
+    python bench/run.py                     # 3 rounds of 1000 per side, with the baseline
                         [--workflows N] [--rounds R] [--pool threads|prefork]
                         [--concurrency C] [--window W] [--warmup M] [--json out.json]
                         [--keep-logs] [--env VAR=value ...] [--skip-baseline]
@@ -82,7 +82,7 @@ TARGETS = {
 WORKFLOW_CALLS = ("GET /workflows/{id}", "PUT /workflows/{id}")
 SIDES = (("orchestrator", "orchestrator"), ("floor", "contract floor"), ("baseline", "baseline"))
 QUICK = {"workflows": 400, "rounds": 5, "warmup": 40}
-FULL = {"workflows": 2000, "rounds": 3, "warmup": 100}
+FULL = {"workflows": 1000, "rounds": 3, "warmup": 100}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
