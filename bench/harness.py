@@ -73,9 +73,15 @@ class Names:
     def baseline(self) -> str:
         return self.q("baseline")
 
+    @property
+    def floor(self) -> str:
+        """The contract floor's own queue: with its worker and the baseline's both up
+        for a whole run, they must not consume each other's phases."""
+        return self.q("floor")
+
     def all_queues(self) -> list[str]:
         plain = ["builder", "deployer", "deploy_oa", "hipchat", "email", "done"]
-        main = [self.orchestration, self.baseline]
+        main = [self.orchestration, self.baseline, self.floor]
         waits = [f"{q}.wait.{n}s" for q in main for n in (2**i for i in range(15))]
         return [
             *main,
@@ -144,11 +150,19 @@ class System:
         window: int,
         baseline: bool = False,
         start_fields: dict[str, Any] | None = None,
+        floor: bool = False,
     ) -> None:
+        """A phase of `workflows` workflows, `window` in flight, for the orchestrator, or
+        with `baseline` for the baseline worker, with `floor` for the contract floor."""
         # Workflow ids are UUIDs, as the Manager's are (it refuses anything else).
         space = uuid.uuid5(uuid.NAMESPACE_URL, f"bench/{self.names.suffix}/{name}")
         ids = [str(uuid.uuid5(space, str(i))) for i in range(workflows)]
-        queue = self.names.baseline if baseline else self.names.orchestration
+        if floor:
+            queue = self.names.floor
+        elif baseline:
+            queue = self.names.baseline
+        else:
+            queue = self.names.orchestration
         fields = {**START_FIELDS, **(start_fields or {})}
         self.phases[name] = PhaseSpec(name, queue, ids, min(window, workflows), fields)
 
@@ -424,7 +438,7 @@ class System:
         pool, concurrency = pool or p_pool, concurrency or p_conc
         conf = {
             "broker_url": self.broker_url,
-            "queue": self.names.baseline,
+            "queue": self.names.floor if chats else self.names.baseline,
             "orchestrate_task": ORCHESTRATE_TASK,
             "manager_url": self.url,
             "token_url": f"{self.url}/oauth/token",
@@ -442,7 +456,8 @@ class System:
         }
         path = self.workdir / ("floor.json" if chats else "baseline.json")
         path.write_text(json.dumps(conf))
-        env = {"BENCH_BASELINE": str(path), "QUEUE_NAME": self.names.baseline}
+        queue = self.names.floor if chats else self.names.baseline
+        env = {"BENCH_BASELINE": str(path), "QUEUE_NAME": queue}
         shaped = ["celery", "-A", "bench.baseline", *args[3:]]  # same flags as the Procfile
         name = f"{'floor' if chats else 'baseline'}-{pool}-{concurrency}"
         cmd = worker_command(

@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = dict(item.split("=", 1) for item in args.env)
     system = System(args.broker_url, keep_logs=args.keep_logs)
     floor = args.side == "floor"
-    system.add_phase("orchestrator-warmup", args.warmup, args.window, baseline=floor)
-    system.add_phase("orchestrator", args.workflows, args.window, baseline=floor)
+    system.add_phase("orchestrator-warmup", args.warmup, args.window, floor=floor)
+    system.add_phase("orchestrator", args.workflows, args.window, floor=floor)
     try:
         with system:
             system.start()

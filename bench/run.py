@@ -383,10 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     system = System(args.broker_url, keep_logs=args.keep_logs)
     sides = ["orchestrator", "floor"] + ([] if args.skip_baseline else ["baseline"])
     for name in sides:
-        baseline = name != "orchestrator"
-        system.add_phase(f"{name}-warmup", args.warmup, args.window, baseline=baseline)
+        kind = {"baseline": name == "baseline", "floor": name == "floor"}
+        system.add_phase(f"{name}-warmup", args.warmup, args.window, **kind)
         for r in range(args.rounds):
-            system.add_phase(f"{name}-{r}", args.workflows, args.window, baseline=baseline)
+            system.add_phase(f"{name}-{r}", args.workflows, args.window, **kind)
     env = dict(e.split("=", 1) for e in args.env)
     started = time.monotonic()
 

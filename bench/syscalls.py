@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     sides = ["orchestrator", "floor"] if args.side == "both" else [args.side]
     system = System(args.broker_url)
     for side in sides:
-        system.add_phase(f"{side}-warmup", 40, 64, baseline=side == "floor")
-        system.add_phase(side, args.workflows, 64, baseline=side == "floor")
+        system.add_phase(f"{side}-warmup", 40, 64, floor=side == "floor")
+        system.add_phase(side, args.workflows, 64, floor=side == "floor")
     extra = dict(item.split("=", 1) for item in args.env)
     counts: dict[str, dict[str, int]] = {}
     RESULTS.mkdir(parents=True, exist_ok=True)
