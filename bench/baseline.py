@@ -13,10 +13,18 @@ the same peer workers, minus what the orchestrator adds: the lock, the transitio
 chat notifications, task events, its own log lines.
 
 With `"chats": true` in its configuration it is the *contract floor* instead: each hop
-also publishes the chat notifications docs/behaviour.md §7.1 requires (one confirmed
-`notifications.hipchat` task per event line, after the save: 3, 3 and 2 per workflow, the
-same lines the orchestrator sends), and the last hop's completion line replaces
-`bench.done`. The gap between the two floors is what the contract's chat fan-out costs
+does the I/O the contract requires of a transition, the cheapest way, and nothing else:
+
+* the chat notifications of docs/behaviour.md §7.1: one confirmed `notifications.hipchat`
+  task per event line, after the save (3, 3 and 3 per workflow, the same lines the
+  orchestrator writes); the last hop's completion line replaces `bench.done`;
+* with each worker dispatch, the deadline message of §11.1: one confirmed publish of a
+  small orchestration message to the TTL wait queue `{queue}.wait.{n}s` (declared as the
+  orchestrator declares it, `queues.wait_queue`), `n` the same power of two;
+* on completion, when the request asks for it (`notifications_config.email`), the
+  completion e-mail of §7.4: one confirmed `notifications.email` task.
+
+The gap between the two floors is what the contract's chat fan-out costs
 on this machine; the gap between the contract floor and the orchestrator is the
 orchestrator's own overhead. The task takes the orchestrator's
 name on its own queue (declared like the orchestration queue), so the peers' unchanged
@@ -41,7 +49,8 @@ import requests
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
-from workflow_orchestrator.queues import orchestration_queue
+from workflow_orchestrator.queues import orchestration_queue, wait_queue
+from workflow_orchestrator.transition import wait_seconds
 from workflow_orchestrator.workflow import WORKFLOW_FIELDS
 
 CONF: dict[str, Any] = json.loads(Path(os.environ["BENCH_BASELINE"]).read_text())
@@ -63,8 +72,16 @@ EVENT_LINES = {
         "Workflow completed in 1 second(s)",
     ],
 }
+EMAIL_LINE = "Sending on_workflow_completed email notification to the following recipient(s): "
 PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 NEXT = {None: "build", "build": "deploy", "deploy": None}
+STEP_TIMEOUT = float(CONF.get("step_timeout_seconds") or 0)
+#: The deadline's wait queue, as the orchestrator computes it (a power of two of seconds).
+DEADLINE_QUEUE = (
+    wait_queue(QUEUE, wait_seconds(min(STEP_TIMEOUT, CONF.get("schedule_poll_seconds", 600))))
+    if STEP_TIMEOUT > 0
+    else None
+)
 
 app = Celery("bench-baseline", set_as_current=False)
 app.conf.update(
@@ -136,10 +153,28 @@ def _after_fork(**_: Any) -> None:
     _manager = None
 
 
-def _send(task: str, queue: str, payload: dict[str, Any]) -> None:
+def _send(task: str, queue: str | Queue, payload: dict[str, Any]) -> None:
     app.send_task(
-        task, args=[payload], queue=_plain(queue), retry=True, retry_policy=PUBLISH_RETRY_POLICY
+        task,
+        args=[payload],
+        queue=_plain(queue) if isinstance(queue, str) else queue,
+        retry=True,
+        retry_policy=PUBLISH_RETRY_POLICY,
     )
+
+
+def _recipients(config: Any) -> list[Any]:
+    """`notifications_config.email.events.on_workflow_completed`, groups expanded."""
+    email = config.get("email") if isinstance(config, dict) else None
+    wanted = (email or {}).get("events", {}).get("on_workflow_completed")
+    if not isinstance(wanted, list):
+        return []
+    groups = (email or {}).get("groups") or {}
+    out: list[Any] = []
+    for entry in wanted:
+        members = groups.get(entry) if isinstance(entry, str) else None
+        out.extend(members if isinstance(members, list) else [entry])
+    return out
 
 
 @app.task(name=CONF["orchestrate_task"], shared=False, acks_late=True, ignore_result=True)
@@ -156,6 +191,9 @@ def hop(payload: dict[str, Any]) -> str:
     log = workflow.get("event_log") or []
     prefix = f"[OA][{workflow_id}][{workflow.get('deployment_repo') or 'Unknown'}]"
     lines = EVENT_LINES[step] if CHATS else [f"hop after {step or 'start'} at {now}"]
+    recipients = _recipients(payload.get("notifications_config")) if CHATS and not nxt else []
+    if recipients:
+        lines = [*lines, EMAIL_LINE + ", ".join(str(r) for r in recipients)]
     log.extend(f"{prefix} {line}" for line in lines)
     workflow.update(
         event_log=log,
@@ -180,6 +218,30 @@ def hop(payload: dict[str, Any]) -> str:
             "orchestration_queue_name": QUEUE,
         }
         _send(target, queue, message)
+        if CHATS and DEADLINE_QUEUE is not None:
+            deadline = {
+                "id": workflow_id,
+                "workflow_start_time": payload.get("workflow_start_time") or now,
+                "step_time": now,
+                "notifications_config": payload.get("notifications_config"),
+                "orchestrator_control": {
+                    "kind": "deadline",
+                    "step": nxt,
+                    "step_time": now,
+                    "due": now,
+                    "timeout": STEP_TIMEOUT,
+                },
+            }
+            _send(CONF["orchestrate_task"], DEADLINE_QUEUE, deadline)
+    if recipients:
+        mail = {
+            "prefix": f"SUCCEEDED {prefix}",
+            "message": f"Source Commit:\n{workflow.get('source_repo')}/commit/"
+            f"{workflow.get('source_repo_git_ref')}\n\nFor more information, please see:\n"
+            f"{CONF.get('ui_url', '')}/index.html#/oa/workflows/workflows/{workflow_id}",
+            "notifications": {"email_addresses": recipients},
+        }
+        _send(CONF["email"]["task"], CONF["email"]["queue"], mail)
     if CHATS:
         for line in lines:
             chat = {"is_success": True, "prefix": prefix, "message": line, "room_names": None}

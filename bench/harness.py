@@ -31,12 +31,14 @@ from typing import Any
 
 import requests
 
+from bench import vhosts
 from bench.common import (
     DEFAULT_BROKER,
     MILESTONES,
     ORCHESTRATE_TASK,
     REPO,
     RESULTS,
+    START_FIELDS,
     TRANSITIONS_PER_WORKFLOW,
     BenchError,
 )
@@ -71,10 +73,22 @@ class Names:
     def baseline(self) -> str:
         return self.q("baseline")
 
+    @property
+    def floor(self) -> str:
+        """The contract floor's own queue: with its worker and the baseline's both up
+        for a whole run, they must not consume each other's phases."""
+        return self.q("floor")
+
     def all_queues(self) -> list[str]:
         plain = ["builder", "deployer", "deploy_oa", "hipchat", "email", "done"]
-        main = [self.orchestration, self.baseline]
-        return [*main, *(f"{q}_error" for q in main), *(self.q(n) for n in plain)]
+        main = [self.orchestration, self.baseline, self.floor]
+        waits = [f"{q}.wait.{n}s" for q in main for n in (2**i for i in range(15))]
+        return [
+            *main,
+            *(f"{q}_error" for q in main),
+            *(self.q(n) for n in plain),
+            *waits,
+        ]
 
 
 @dataclass
@@ -83,13 +97,35 @@ class PhaseSpec:
     queue: str
     ids: list[str]
     window: int
+    start_fields: dict[str, Any] = field(default_factory=lambda: dict(START_FIELDS))
 
 
 class System:
-    """Emulator + peers, and the workers under test started one at a time."""
+    """Emulator + peers, and the workers under test started one at a time.
 
-    def __init__(self, broker_url: str = DEFAULT_BROKER, keep_logs: bool = False) -> None:
+    With `own_vhost` (the default) the run makes a RabbitMQ virtual host of its own on
+    `broker_url`'s server and uses only that one (the machine's broker is shared; vhost
+    `/` stays as it was); it is deleted with everything in it at the end. With
+    `second_broker`, a second virtual host stands in for another exchange's broker: the
+    emulator's registry has exchange 2 (a builder module, a build cluster
+    `build-cluster-2`, broker 2 whose connection is that vhost), and a second peers
+    process runs the builder there (see `second_broker_fields`).
+    """
+
+    def __init__(
+        self,
+        broker_url: str = DEFAULT_BROKER,
+        keep_logs: bool = False,
+        *,
+        own_vhost: bool = True,
+        second_broker: bool = False,
+    ) -> None:
+        self.server_url = broker_url
         self.broker_url = broker_url
+        self.own_vhost = own_vhost
+        self.second_broker = second_broker
+        self.second_url = ""
+        self.vhosts: list[str] = []
         self.names = Names()
         self.secret = f"bench-{uuid.uuid4().hex}"
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.names.suffix}-"))
@@ -99,6 +135,7 @@ class System:
         self.phases: dict[str, PhaseSpec] = {}
         self.emulator: Child | None = None
         self.peers: Child | None = None
+        self.peers_b: Child | None = None
         self.url = ""
         self.caller: Any = None
         self.rabbit_pid = find_process("beam.smp")
@@ -106,12 +143,28 @@ class System:
 
     # -- set-up -------------------------------------------------------------------------
 
-    def add_phase(self, name: str, workflows: int, window: int, baseline: bool = False) -> None:
+    def add_phase(
+        self,
+        name: str,
+        workflows: int,
+        window: int,
+        baseline: bool = False,
+        start_fields: dict[str, Any] | None = None,
+        floor: bool = False,
+    ) -> None:
+        """A phase of `workflows` workflows, `window` in flight, for the orchestrator, or
+        with `baseline` for the baseline worker, with `floor` for the contract floor."""
         # Workflow ids are UUIDs, as the Manager's are (it refuses anything else).
         space = uuid.uuid5(uuid.NAMESPACE_URL, f"bench/{self.names.suffix}/{name}")
         ids = [str(uuid.uuid5(space, str(i))) for i in range(workflows)]
-        queue = self.names.baseline if baseline else self.names.orchestration
-        self.phases[name] = PhaseSpec(name, queue, ids, min(window, workflows))
+        if floor:
+            queue = self.names.floor
+        elif baseline:
+            queue = self.names.baseline
+        else:
+            queue = self.names.orchestration
+        fields = {**START_FIELDS, **(start_fields or {})}
+        self.phases[name] = PhaseSpec(name, queue, ids, min(window, workflows), fields)
 
     def _log(self, name: str) -> Path:
         return self.logdir / f"{self.names.suffix}-{name}.log"
@@ -121,9 +174,20 @@ class System:
         self._children.append(child)
         return child
 
+    def _make_vhosts(self) -> None:
+        if self.own_vhost:
+            name = f"wo-bench-{self.names.suffix}"
+            self.vhosts.append(name)
+            self.broker_url = vhosts.create(self.server_url, name)
+        if self.second_broker:
+            name = f"wo-bench-{self.names.suffix}-b2"
+            self.vhosts.append(name)
+            self.second_url = vhosts.create(self.server_url, name)
+
     def start(self) -> System:
         """Start the emulator (seeded with every phase's workflows) and the peers."""
-        seed = {
+        self._make_vhosts()
+        seed: dict[str, Any] = {
             "exchanges": [{"id": "1", "name": "bench"}],
             "clusters": [
                 {
@@ -151,6 +215,32 @@ class System:
                 for wid in spec.ids
             ],
         }
+        if self.second_broker:
+            from urllib.parse import unquote, urlsplit
+
+            b2 = urlsplit(self.second_url)
+            seed["exchanges"].append({"id": "2", "name": "bench second broker"})
+            seed["clusters"].append(
+                {
+                    "etcd_token": "build-cluster-2",
+                    "messaging_exchange_id": "2",
+                    "allow_docker_builds": False,
+                }
+            )
+            seed["modules"].append(
+                {"exchange_id": "2", "type": "builder", "hostname": "bench-builder-2"}
+            )
+            seed["brokers"] = [{"id": 2, "exchange_id": "2", "name": "bench broker 2"}]
+            seed["broker_connections"] = [
+                {
+                    "broker_id": 2,
+                    "host": b2.hostname,
+                    "port": b2.port,
+                    "username": unquote(b2.username or ""),
+                    "password": unquote(b2.password or ""),
+                    "virtual_host": unquote(b2.path.lstrip("/")),
+                }
+            ]
         seed_path = self.workdir / "seed.json"
         seed_path.write_text(json.dumps(seed))
         self.emulator = self._child(
@@ -187,8 +277,14 @@ class System:
             "done": {"task": "bench.done", "queue": self.names.q("done")},
             "status_path": str(self.workdir / "peers-status.json"),
             "latency_dir": str(self.workdir),
+            "start_fields": START_FIELDS,
             "phases": {
-                s.name: {"queue": s.queue, "ids": s.ids, "window": s.window}
+                s.name: {
+                    "queue": s.queue,
+                    "ids": s.ids,
+                    "window": s.window,
+                    "start_fields": s.start_fields,
+                }
                 for s in self.phases.values()
             },
         }
@@ -228,6 +324,8 @@ class System:
             if time.monotonic() > deadline:
                 raise BenchError(f"peers not ready within 60 s:\n{self.peers.tail()}")
             time.sleep(0.1)
+        if self.second_broker:
+            self._start_peers_b()
 
         from workflow_orchestrator.worker_api import worker_app
 
@@ -235,6 +333,51 @@ class System:
             "bench-caller", self.broker_url, queues=[], orchestration_queue=self.names.orchestration
         )
         return self
+
+    def _start_peers_b(self) -> None:
+        """The builder of exchange 2, consuming on the second broker; it reports back to
+        the orchestrator's own broker (as a worker in another region does)."""
+        plan = {
+            **self.plan,
+            "broker_url": self.second_url,
+            "callback_broker_url": self.broker_url,
+            "status_path": str(self.workdir / "peers-b-status.json"),
+            "latency_dir": str(self.workdir / "peers-b"),
+        }
+        (self.workdir / "peers-b").mkdir(exist_ok=True)
+        (self.workdir / "plan-b.json").write_text(json.dumps(plan))
+        self.peers_b = self._child(
+            "peers-b",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.peers",
+                "worker",
+                "-P",
+                "threads",
+                "-c",
+                "8",
+                "-Q",
+                plan["builder"]["queue"],
+                "-n",
+                f"bench-peers-b-{self.names.suffix}@bench",
+                "--without-mingle",
+                "--without-gossip",
+                "-l",
+                "WARNING",
+            ],
+            {"BENCH_PLAN": str(self.workdir / "plan-b.json")},
+        ).start()
+        deadline = time.monotonic() + 60
+        path = self.workdir / "peers-b-status.json"
+        while not path.exists():
+            if not self.peers_b.alive():
+                raise BenchError(f"peers-b exited early:\n{self.peers_b.tail()}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"peers-b not ready within 60 s:\n{self.peers_b.tail()}")
+            time.sleep(0.1)
 
     # -- the workers under test -----------------------------------------------------------------
 
@@ -257,6 +400,9 @@ class System:
             "DEPLOY_OA_QUEUE": n.q("deploy_oa"),
             "HIPCHAT_QUEUE": n.q("hipchat"),
             "EMAIL_QUEUE": n.q("email"),
+            # Deadlines on (the default, stated so a run shows it): every dispatch also
+            # publishes a deadline message to a TTL wait queue.
+            "STEP_TIMEOUT_DEFAULT": "3h",
         }
 
     def orchestrator(
@@ -292,7 +438,7 @@ class System:
         pool, concurrency = pool or p_pool, concurrency or p_conc
         conf = {
             "broker_url": self.broker_url,
-            "queue": self.names.baseline,
+            "queue": self.names.floor if chats else self.names.baseline,
             "orchestrate_task": ORCHESTRATE_TASK,
             "manager_url": self.url,
             "token_url": f"{self.url}/oauth/token",
@@ -302,11 +448,16 @@ class System:
             "deployer": self.plan["deployer"],
             "done": self.plan["done"],
             "hipchat": self.plan["hipchat"],
+            "email": self.plan["email"],
             "chats": chats,
+            "ui_url": "http://ui.bench",
+            "step_timeout_seconds": 3 * 3600,
+            "schedule_poll_seconds": 600,
         }
         path = self.workdir / ("floor.json" if chats else "baseline.json")
         path.write_text(json.dumps(conf))
-        env = {"BENCH_BASELINE": str(path), "QUEUE_NAME": self.names.baseline}
+        queue = self.names.floor if chats else self.names.baseline
+        env = {"BENCH_BASELINE": str(path), "QUEUE_NAME": queue}
         shaped = ["celery", "-A", "bench.baseline", *args[3:]]  # same flags as the Procfile
         name = f"{'floor' if chats else 'baseline'}-{pool}-{concurrency}"
         cmd = worker_command(
@@ -333,9 +484,11 @@ class System:
         requests.delete(f"{self.url}/_emulator/counters", timeout=10).raise_for_status()
 
     def cpu(self, worker: Child | Group) -> dict[str, float]:
+        peers = process_tree(self.peers.pid if self.peers else None)
+        peers += process_tree(self.peers_b.pid if self.peers_b else None)
         parts = {
             "worker": cpu_seconds(worker.tree()),
-            "peers": cpu_seconds(process_tree(self.peers.pid if self.peers else None)),
+            "peers": cpu_seconds(peers),
             "emulator": cpu_seconds(process_tree(self.emulator.pid if self.emulator else None)),
             "rabbitmq": cpu_seconds([self.rabbit_pid] if self.rabbit_pid else []),
             "bench": cpu_seconds([os.getpid()]),
@@ -345,12 +498,15 @@ class System:
 
     # -- a phase --------------------------------------------------------------------------------
 
-    def send_start(self, queue: str, workflow_id: str) -> None:
+    def send_start(
+        self, queue: str, workflow_id: str, fields: dict[str, Any] | None = None
+    ) -> None:
         from workflow_orchestrator.queues import orchestration_queue
 
+        fields = START_FIELDS if fields is None else fields
         self.caller.send_task(
             ORCHESTRATE_TASK,
-            args=[{"id": workflow_id, "bench_sent_at": time.time()}],
+            args=[{"id": workflow_id, **fields, "bench_sent_at": time.time()}],
             queue=orchestration_queue(queue),
             retry=True,
         )
@@ -375,7 +531,7 @@ class System:
         cpu_before = self.cpu(worker)
         started = time.time()
         for wid in spec.ids[: spec.window]:
-            self.send_start(spec.queue, wid)
+            self.send_start(spec.queue, wid, spec.start_fields)
         samples: list[tuple[float, int, int]] = []
         last_progress, last_done = time.monotonic(), -1
         while True:
@@ -424,6 +580,7 @@ class System:
         broker_errors = len(
             re.findall(r"Connection to broker lost|Cannot connect to amqp", log + peers_log)
         )
+        errors_logged = len(re.findall(r"\b(ERROR|CRITICAL)\b", log))
         other_share = cpu["other"] / cpu["machine"] if cpu["machine"] else 0.0
         busy_cores = cpu["machine"] / cpu_wall if cpu_wall > 0 else 0.0
         return {
@@ -457,7 +614,7 @@ class System:
             },
             "task_runtime": summary_ms(runtimes),
             "retries_logged": len(re.findall(r"retrying|Retry in", log)),
-            "errors_logged": len(re.findall(r"\b(ERROR|CRITICAL)\b", log)),
+            "errors_logged": errors_logged,
             "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()},
             "cpu_ms_per_transition": {k: round(v * 1000 / transitions, 3) for k, v in cpu.items()},
             "rss_mb_before": round(rss_before / 2**20, 2),
@@ -487,6 +644,14 @@ class System:
             child.stop()
         if self.caller is not None:
             self.caller.close()
+        for name in self.vhosts:  # its queues and exchanges go with it
+            try:
+                vhosts.delete(name)
+            except Exception as exc:  # noqa: BLE001
+                print(f"warning: could not delete vhost {name}: {exc}", file=sys.stderr)
+        if self.own_vhost:
+            self._cleanup_files()
+            return
         try:
             from kombu import Connection
 
@@ -500,6 +665,9 @@ class System:
                         channel = conn.channel()
         except Exception as exc:  # noqa: BLE001
             print(f"warning: could not delete the run's queues: {exc}", file=sys.stderr)
+        self._cleanup_files()
+
+    def _cleanup_files(self) -> None:
         if not self.keep_logs:
             for child in self._children:
                 try:
@@ -543,3 +711,61 @@ def measured_worker(
         return result
     finally:
         worker.stop()
+
+
+def run_interleaved(
+    system: System,
+    workers: dict[str, Child | Group],
+    rounds: int,
+    *,
+    quiet: float | None = 0.15,
+    quiet_max_wait: float = 300.0,
+    on_phase: Callable[[str, int, dict[str, Any]], None] | None = None,
+    on_sample: Callable[[str], Callable[[dict[str, Any]], None]] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Start every worker once, warm each up (phase `{name}-warmup`), then measure the
+    phases `{name}-{r}` round after round in the order given (A B, A B, ...), so a machine
+    whose load drifts (other sessions share it) drifts for every side alike; stop them.
+
+    The workers stay up between their phases, idle while another side is measured. Each
+    side's RSS is read at boot, before its first measured phase and after its last one,
+    which gives the memory growth over all its measured transitions (`memory` below)."""
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in workers}
+    try:
+        for worker in workers.values():
+            worker.start()
+        for worker in workers.values():
+            system.wait_ready(worker)
+        time.sleep(0.5)  # let the start-up (registration, token) finish
+        boot = {name: rss_bytes(w.tree()) for name, w in workers.items()}
+        for name, worker in workers.items():
+            if f"{name}-warmup" in system.phases:
+                system.run_phase(f"{name}-warmup", worker)
+        first = {name: rss_bytes(w.tree()) for name, w in workers.items()}
+        for r in range(rounds):
+            for name, worker in workers.items():
+                if quiet is not None:
+                    wait_for_quiet(quiet, quiet_max_wait)
+                sample = on_sample(name) if on_sample else None
+                result = system.run_phase(f"{name}-{r}", worker, on_sample=sample)
+                result["rss_mb_at_boot"] = round(boot[name] / 2**20, 2)
+                results[name].append(result)
+                if on_phase:
+                    on_phase(name, r, result)
+        for name, worker in workers.items():
+            last = rss_bytes(worker.tree())
+            transitions = sum(p["transitions"] for p in results[name])
+            for p in results[name]:
+                p["memory"] = {
+                    "rss_mb_at_boot": round(boot[name] / 2**20, 2),
+                    "rss_mb_after_warmup": round(first[name] / 2**20, 2),
+                    "rss_mb_at_end": round(last / 2**20, 2),
+                    "measured_transitions": transitions,
+                    "rss_growth_mb_per_10k": round(
+                        (last - first[name]) / 2**20 / transitions * 1e4, 2
+                    ),
+                }
+    finally:
+        for worker in workers.values():
+            worker.stop()
+    return results

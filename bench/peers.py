@@ -62,12 +62,25 @@ app = worker_app(
 )
 # Peers must never be the bottleneck: let them hold a few messages per thread.
 app.conf.worker_prefetch_multiplier = 4
+START_FIELDS: dict[str, Any] = PLAN.get("start_fields") or {}
+#: A peer on another broker (bench/run.py --second-broker's builder of exchange 2)
+#: reports back to the orchestrator's own broker, as a worker in another region does.
+if PLAN.get("callback_broker_url"):
+    reply_app = worker_app(
+        "bench-peers-reply",
+        PLAN["callback_broker_url"],
+        queues=[],
+        orchestration_queue=PLAN["orchestration_queue"],
+    )
+else:
+    reply_app = app
 
 
 class Phase:
     def __init__(self, name: str, spec: dict[str, Any]) -> None:
         self.name = name
         self.queue = spec["queue"]
+        self.start_fields = spec.get("start_fields") or START_FIELDS
         self.total = len(spec["ids"])
         self.pending = deque(spec["ids"][spec["window"] :])
         self.done: set[str] = set()
@@ -115,7 +128,7 @@ def _phase(workflow_id: Any) -> Phase | None:
 def _start(phase: Phase, workflow_id: str) -> None:
     app.send_task(
         ORCHESTRATE_TASK,
-        args=[{"id": workflow_id, "bench_sent_at": time.time()}],
+        args=[{"id": workflow_id, **phase.start_fields, "bench_sent_at": time.time()}],
         queue=orchestration_queue(phase.queue),
         retry=True,
     )
@@ -167,7 +180,7 @@ def _call_back(request: dict[str, Any], kind: str, builder: bool) -> None:
         with _lock:
             _last_sent[workflow_id] = reply["bench_sent_at"]
     step_completed(
-        app,
+        reply_app,
         reply,
         f"{request.get('current_step')} done by bench peer",
         orchestrate_task=ORCHESTRATE_TASK,

@@ -46,7 +46,9 @@ CPU_AREAS: Areas = [
     ("task-sent events (inside send_task)", [("events/dispatcher.py", "send_task_message")]),
     ("worker task events (consumer thread)", [("events/dispatcher.py",)]),
     ("publish: chat notifications", [("Publisher.chat (",)]),
+    ("publish: deadline message", [("Publisher.deadline (",)]),
     ("publish: worker request", [("Publisher.worker_request (",)]),
+    ("publish: e-mail", [("Publisher.email (",)]),
     ("Manager HTTP: GET workflow", [("get_workflow (",)]),
     ("Manager HTTP: PUT workflow", [("save_workflow (",)]),
     ("Manager HTTP: lookups, token", [("manager.py",)]),
@@ -61,7 +63,9 @@ WALL_AREAS: Areas = [
     ("task-sent event (waiting for the dispatcher mutex + confirm)", [("events/dispatcher.py",)]),
     ("lock and its delivery-time file", [("locking.py",)]),
     ("publish: chat notifications", [("Publisher.chat (",)]),
+    ("publish: deadline message", [("Publisher.deadline (",)]),
     ("publish: worker request", [("Publisher.worker_request (",)]),
+    ("publish: e-mail", [("Publisher.email (",)]),
     ("Manager: GET workflow", [("get_workflow (",)]),
     ("Manager: PUT workflow", [("save_workflow (",)]),
     ("Manager: lookups", [("topology.py",)]),
@@ -80,6 +84,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", "-w", type=int, default=64)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--rate", type=int, default=200, help="samples per second")
+    p.add_argument(
+        "--gil",
+        action="store_true",
+        help="CPU view of GIL-holding threads only (py-spy --gil): Python-level CPU, without "
+        "the time a thread spends blocked in a socket call",
+    )
+    p.add_argument(
+        "--side",
+        default="orchestrator",
+        choices=["orchestrator", "floor"],
+        help="the worker to profile: the orchestrator, or the contract floor (bench/baseline.py)",
+    )
     p.add_argument("--out", default=str(RESULTS / "profile"))
     p.add_argument("--broker-url", default="amqp://guest:guest@127.0.0.1:5672//")
     p.add_argument("--keep-logs", action="store_true")
@@ -94,7 +110,9 @@ def py_spy() -> str:
     return found
 
 
-def start_sampler(pid: int, out: Path, rate: int, idle: bool) -> subprocess.Popen[bytes]:
+def start_sampler(
+    pid: int, out: Path, rate: int, idle: bool, gil: bool = False
+) -> subprocess.Popen[bytes]:
     cmd = [
         py_spy(),
         "record",
@@ -112,6 +130,8 @@ def start_sampler(pid: int, out: Path, rate: int, idle: bool) -> subprocess.Pope
     ]
     if idle:
         cmd.append("--idle")
+    if gil:  # only threads holding the GIL: Python-level CPU, no time blocked in syscalls
+        cmd.append("--gil")
     log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -242,18 +262,22 @@ def main(argv: list[str] | None = None) -> int:
             p.unlink()
     extra = dict(item.split("=", 1) for item in args.env)
     system = System(args.broker_url, keep_logs=args.keep_logs)
-    system.add_phase("orchestrator-warmup", args.warmup, args.window)
-    system.add_phase("orchestrator", args.workflows, args.window)
+    floor = args.side == "floor"
+    system.add_phase("orchestrator-warmup", args.warmup, args.window, floor=floor)
+    system.add_phase("orchestrator", args.workflows, args.window, floor=floor)
     try:
         with system:
             system.start()
             wait_for_quiet()
-            worker = system.orchestrator(args.pool, args.concurrency, extra_env=extra).start()
+            if floor:
+                worker = system.baseline(args.pool, args.concurrency, chats=True).start()
+            else:
+                worker = system.orchestrator(args.pool, args.concurrency, extra_env=extra).start()
             try:
                 system.wait_ready(worker)
                 system.run_phase("orchestrator-warmup", worker)
                 samplers = [
-                    start_sampler(worker.pid, cpu_path, args.rate, idle=False),
+                    start_sampler(worker.pid, cpu_path, args.rate, idle=False, gil=args.gil),
                     start_sampler(worker.pid, wall_path, args.rate, idle=True),
                 ]
                 time.sleep(1.0)  # py-spy attaches

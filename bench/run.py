@@ -1,54 +1,66 @@
-"""How close is the orchestrator to the floor? One command, one run, all measured.
+"""How close is the orchestrator to the contract's floor? One command, interleaved rounds.
 
 Usage (from the repository root, in the project's virtualenv; RabbitMQ on 127.0.0.1)::
 
-    python bench/run.py [--workflows N] [--pool threads|prefork] [--concurrency C]
-                        [--window W] [--warmup M] [--json out.json] [--keep-logs]
-                        [--env VAR=value ...] [--skip-baseline] [--skip-floor]
+    python bench/run.py --quick             # < 4 minutes: 5 rounds of 400 workflows per side
+    python bench/run.py                     # 3 rounds of 1000 per side, with the baseline
+                        [--workflows N] [--rounds R] [--pool threads|prefork]
+                        [--concurrency C] [--window W] [--warmup M] [--json out.json]
+                        [--keep-logs] [--env VAR=value ...] [--skip-baseline]
                         [--no-wait-quiet]
 
-What it does, every part its own subprocess (bench/harness.py):
+What it does, every part its own subprocess (bench/harness.py), on a RabbitMQ virtual
+host of its own (deleted at the end; vhost `/` is never used):
 
 1. starts the Manager emulator (`python -m workflow_orchestrator.emulator`, seeded from
    a JSON file with one exchange, builder and deployer modules, a build and a deploy
    cluster, and every workflow of the run: milestones [build, deploy]);
 2. starts the peers (bench/peers.py, threads pool): builder and deployer tasks that call
    back at once with `worker_api.step_completed`, notification tasks that only count;
-3. the baseline: bench/baseline.py, a plain Celery task that does per hop only what a
-   minimal orchestrator cannot avoid (one GET and one PUT to the emulator with the bearer
-   token over a keep-alive session, one confirmed send_task to the next hop), started
-   with the Procfile's command line, pool and concurrency; M warm-up workflows, then N
-   measured ones;
-4. the contract floor: the same baseline plus the chat notifications the contract
-   requires (one confirmed `notifications.hipchat` task per event line, 8 per workflow,
-   as the orchestrator sends), to tell the contract's own cost from the orchestrator's;
-5. the orchestrator: `celery -A workflow_orchestrator worker` exactly as the Procfile
-   runs it (`--pool`/`--concurrency` override its -P/-c, `--env` adds settings), M
-   warm-up then N measured workflows, each started by `send_task` of `{"id": ...}` (plus
-   `bench_sent_at`, an unknown key the orchestrator passes through, for latency).
+3. starts, once for the whole run, the workers under test, each as the Procfile runs
+   the orchestrator (pool, concurrency, log level):
+   * the orchestrator: `celery -A workflow_orchestrator worker` (`--env` adds settings;
+     deadlines are on, STEP_TIMEOUT_DEFAULT=3h, so every dispatch also publishes a
+     deadline message);
+   * the contract floor (bench/baseline.py with chats): per transition exactly the I/O
+     the contract requires, the cheapest way: GET + PUT to the Manager, the confirmed
+     worker request, the confirmed deadline message of §11.1 with each dispatch, one
+     confirmed chat task per event line (§7.1), the completion e-mail (§7.4);
+   * unless --skip-baseline (the default with --quick): the plain baseline, one GET, one
+     PUT and one confirmed publish per hop, for reference;
+4. warms each up (M workflows), then measures R rounds: orchestrator, floor[, baseline],
+   orchestrator, floor, ... (N workflows per phase, each started by `send_task` of
+   `{"id": ..., "notifications_config": ...}` asking for the completion e-mail).
 
 Every phase is a closed loop with W workflows in flight (the peers start the next
 workflow when one completes), so the worker under test always has work queued. Before
-each side the run waits for the machine to be idle (other test runs share the cores).
+each phase the run waits (boundedly) for the machine to be idle.
 
-Prints, and writes to --json (default bench/results/latest.json): transitions/s and
-workflows/s of each, the ratios orchestrator/baseline (the target) and
-orchestrator/contract floor, latency per transition (from the message that triggered it
-being published to the next message being received by the next party; p50/p95/p99, which
-at window W includes queueing), the task run time Celery logs, Manager calls per
-transition (the emulator's counters), CPU time per transition of every process involved,
-the orchestrator worker's RSS (at boot, before and after the measured phase, growth per
-10k transitions) and the machine. The markdown it prints is the table of
-docs/performance.md.
+The targets (issue #14) are judged on medians over the rounds:
 
-Defaults: N=2000, W=64, M=100; about 2 minutes on a 2-core machine. Exit status 0 when
-every target is met, 1 when one is missed, 2 when the run failed.
+* `ratio_vs_floor`: the median over rounds of (orchestrator transitions/s) / (floor
+  transitions/s of the same round) >= 0.9;
+* `worker_cpu_ratio`: the median over rounds of the orchestrator worker's CPU time per
+  transition / the floor worker's <= 1.25;
+* `calls_per_transition`: the median of the orchestrator's Manager calls per transition
+  <= 2.0 (judged at 2 decimals: cached lookups refresh on a timer, about 0.2 calls per
+  second whatever the load);
+* `rss_mb_per_10k`: the orchestrator worker's RSS growth from the end of its warm-up to
+  the end of its last phase, per 10k of the transitions it measured, < 10.
+
+Prints the table of docs/performance.md, writes every figure to --json (default
+bench/results/latest.json), and as its LAST line::
+
+    ratio_vs_floor=<x> worker_cpu_ratio=<y> calls_per_transition=<z> rss_mb_per_10k=<w>
+
+Exit status 0 when every target is met, 1 when one is missed, 2 when the run failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -57,47 +69,64 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, BenchError  # noqa: E402
-from bench.harness import System, measured_worker  # noqa: E402
+from bench.harness import System, run_interleaved  # noqa: E402
 from bench.measure import machine, rabbitmq_version  # noqa: E402
 from bench.processes import procfile_worker  # noqa: E402
 
 TARGETS = {
-    "throughput_ratio_min": 0.8,
+    "ratio_vs_floor_min": 0.9,
+    "worker_cpu_ratio_max": 1.25,
     "manager_calls_per_transition_max": 2.0,
     "rss_growth_mb_per_10k_max": 10.0,
 }
 WORKFLOW_CALLS = ("GET /workflows/{id}", "PUT /workflows/{id}")
-SIDES = (("orchestrator", "orchestrator"), ("baseline", "baseline"), ("floor", "contract floor"))
+SIDES = (("orchestrator", "orchestrator"), ("floor", "contract floor"), ("baseline", "baseline"))
+QUICK = {"workflows": 400, "rounds": 5, "warmup": 40}
+FULL = {"workflows": 1000, "rounds": 3, "warmup": 100}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _, pool, concurrency = procfile_worker()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workflows", "-n", type=int, default=2000, help="measured workflows per side")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK['rounds']} rounds of {QUICK['workflows']} workflows, no baseline (< 4 min)",
+    )
+    p.add_argument("--workflows", "-n", type=int, help="measured workflows per phase")
+    p.add_argument("--rounds", "-r", type=int, help="interleaved rounds")
     p.add_argument("--pool", default=pool, choices=["threads", "prefork"], help=f"default {pool}")
     p.add_argument(
         "--concurrency", "-c", type=int, default=concurrency, help=f"default {concurrency}"
     )
     p.add_argument("--window", "-w", type=int, default=64, help="workflows in flight")
-    p.add_argument("--warmup", type=int, default=100, help="warm-up workflows per side")
+    p.add_argument("--warmup", type=int, help="warm-up workflows per side")
     p.add_argument("--json", default=str(RESULTS / "latest.json"), help="where the figures go")
     p.add_argument("--broker-url", default="amqp://guest:guest@127.0.0.1:5672//")
     p.add_argument("--skip-baseline", action="store_true", help="do not measure the baseline")
-    p.add_argument("--skip-floor", action="store_true", help="do not measure the contract floor")
     p.add_argument("--keep-logs", action="store_true", help="keep bench/results/logs/*")
     p.add_argument(
         "--env",
         action="append",
         default=[],
         metavar="VAR=value",
-        help="extra orchestrator setting, e.g. LOCK_URL=redis://127.0.0.1:6379/0 (repeatable)",
+        help="extra orchestrator setting, e.g. LOCK_URL=redis://127.0.0.1:6379/5 (repeatable)",
     )
     p.add_argument(
         "--no-wait-quiet",
         action="store_true",
-        help="do not wait for an idle machine before each side",
+        help="do not wait for an idle machine before each phase",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.quick:
+        args.skip_baseline = True
+    if args.rounds < 1 or args.workflows < 1:
+        p.error("--rounds and --workflows must be at least 1")
+    return args
 
 
 def _progress(label: str) -> Any:
@@ -105,9 +134,9 @@ def _progress(label: str) -> Any:
 
     def show(sample: dict[str, Any]) -> None:
         now = time.monotonic()
-        if now - last[0] > 2 or sample["done"] >= sample["total"]:
+        if now - last[0] > 5 or sample["done"] >= sample["total"]:
             last[0] = now
-            print(f"  {label}: {sample['done']}/{sample['total']} workflows", flush=True)
+            print(f"    {label}: {sample['done']}/{sample['total']} workflows", flush=True)
 
     return show
 
@@ -123,25 +152,73 @@ def calls_split(phase: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def evaluate(orch: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
-    checks: dict[str, Any] = {}
-    if base:
-        ratio = orch["transitions_per_s"] / base["transitions_per_s"]
-        checks["throughput_ratio"] = {
-            "value": round(ratio, 3),
-            "target": f">= {TARGETS['throughput_ratio_min']}",
-            "met": ratio >= TARGETS["throughput_ratio_min"],
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians over the rounds: per side, and the paired ratios of each round."""
+    out: dict[str, Any] = {}
+    for side, phases in runs.items():
+        out[side] = {
+            "transitions_per_s": round(_median([p["transitions_per_s"] for p in phases]), 1),
+            "all_transitions_per_s": [p["transitions_per_s"] for p in phases],
+            "worker_cpu_ms": round(
+                _median([p["cpu_ms_per_transition"]["worker"] for p in phases]), 3
+            ),
+            "all_worker_cpu_ms": [p["cpu_ms_per_transition"]["worker"] for p in phases],
+            "machine_cpu_ms": round(
+                _median([p["cpu_ms_per_transition"]["machine"] for p in phases]), 3
+            ),
+            "manager_calls_per_transition": round(
+                _median([p["manager_calls_per_transition"] for p in phases]), 3
+            ),
+            "rss_growth_mb_per_10k": phases[-1]["memory"]["rss_growth_mb_per_10k"],
+            "memory": phases[-1]["memory"],
+            "disturbed_rounds": sum(1 for p in phases if p["disturbed"]),
+            "failed_workflows": sum(p["failed"] for p in phases),
+            "duplicates": sum(p["duplicates"] for p in phases),
+            "errors_logged": sum(p["errors_logged"] for p in phases),
         }
-    # Cached lookups refresh on a timer (MODULE_CACHE_SECONDS), not per transition: they
-    # add ~0.2 calls per second whatever the load, hence the comparison at 2 decimals.
+    orch, floor = runs["orchestrator"], runs.get("floor") or []
+    if floor:
+        ratios = [
+            o["transitions_per_s"] / f["transitions_per_s"]
+            for o, f in zip(orch, floor, strict=True)
+        ]
+        cpu = [
+            o["cpu_ms_per_transition"]["worker"] / f["cpu_ms_per_transition"]["worker"]
+            for o, f in zip(orch, floor, strict=True)
+        ]
+        out["ratio_vs_floor"] = round(_median(ratios), 3)
+        out["all_ratios_vs_floor"] = [round(x, 3) for x in ratios]
+        out["worker_cpu_ratio"] = round(_median(cpu), 3)
+        out["all_worker_cpu_ratios"] = [round(x, 3) for x in cpu]
+    return out
+
+
+def evaluate(summary: dict[str, Any]) -> dict[str, Any]:
+    orch = summary["orchestrator"]
+    checks: dict[str, Any] = {}
+    if "ratio_vs_floor" in summary:
+        checks["ratio_vs_floor"] = {
+            "value": summary["ratio_vs_floor"],
+            "target": f">= {TARGETS['ratio_vs_floor_min']}",
+            "met": summary["ratio_vs_floor"] >= TARGETS["ratio_vs_floor_min"],
+        }
+        checks["worker_cpu_ratio"] = {
+            "value": summary["worker_cpu_ratio"],
+            "target": f"<= {TARGETS['worker_cpu_ratio_max']}",
+            "met": summary["worker_cpu_ratio"] <= TARGETS["worker_cpu_ratio_max"],
+        }
     calls = orch["manager_calls_per_transition"]
-    checks["manager_calls_per_transition"] = {
+    checks["calls_per_transition"] = {
         "value": calls,
         "target": f"<= {TARGETS['manager_calls_per_transition_max']} (2 decimals)",
         "met": round(calls, 2) <= TARGETS["manager_calls_per_transition_max"],
     }
     growth = orch["rss_growth_mb_per_10k"]
-    checks["rss_growth_mb_per_10k"] = {
+    checks["rss_mb_per_10k"] = {
         "value": growth,
         "target": f"< {TARGETS['rss_growth_mb_per_10k_max']}",
         "met": growth < TARGETS["rss_growth_mb_per_10k_max"],
@@ -149,92 +226,137 @@ def evaluate(orch: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any
     return checks
 
 
+def last_line(summary: dict[str, Any]) -> str:
+    orch = summary["orchestrator"]
+    ratio = summary.get("ratio_vs_floor")
+    cpu = summary.get("worker_cpu_ratio")
+    return (
+        f"ratio_vs_floor={'nan' if ratio is None else f'{ratio:.3f}'} "
+        f"worker_cpu_ratio={'nan' if cpu is None else f'{cpu:.3f}'} "
+        f"calls_per_transition={orch['manager_calls_per_transition']:.3f} "
+        f"rss_mb_per_10k={orch['rss_growth_mb_per_10k']:.2f}"
+    )
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _median_phase(phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose throughput is the median one (for the latency and CPU rows)."""
+    ordered = sorted(phases, key=lambda p: p["transitions_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def markdown(report: dict[str, Any]) -> str:
-    sides = [(key, label, report[key]) for key, label in SIDES if report.get(key)]
-    orch = report["orchestrator"]
+    runs = report["runs"]
+    summary = report["summary"]
+    sides = [(key, label, _median_phase(runs[key])) for key, label in SIDES if runs.get(key)]
+    orch = summary["orchestrator"]
     m = report["machine"]
+    first = runs["orchestrator"][0]
 
     def row(name: str, get: Any) -> str:
         cells = []
-        for _, _, phase in sides:
+        for key, _, phase in sides:
             try:
-                cells.append(_fmt(get(phase)))
-            except (KeyError, TypeError):
+                cells.append(_fmt(get(key, phase)))
+            except (KeyError, TypeError, ZeroDivisionError):
                 cells.append("-")
         return f"| {name} | " + " | ".join(cells) + " |"
 
     out = [
         f"Machine: {m['usable_cores']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
         f"Python {m['python']}, Celery {m['celery']}, RabbitMQ {m.get('rabbitmq', '?')}; "
-        f"pool {report['pool']}, concurrency {report['concurrency']}, "
-        f"{orch['workflows']} workflows ({orch['transitions']} transitions) per side, "
-        f"window {orch['window']}.",
+        f"pool {report['pool']}, concurrency {report['concurrency']}; "
+        f"{report['rounds']} interleaved rounds of {first['workflows']} workflows "
+        f"({first['transitions']} transitions) per side, window {first['window']}. "
+        "Medians over the rounds; latency, messages and the CPU split are of each side's "
+        "median round.",
         "",
         "| | " + " | ".join(label for _, label, _ in sides) + " |",
         "|---|" + "---:|" * len(sides),
-        row("transitions/s", lambda p: p["transitions_per_s"]),
-        row("workflows/s", lambda p: p["workflows_per_s"]),
+        row("transitions/s (median)", lambda k, p: summary[k]["transitions_per_s"]),
+        row(
+            "transitions/s per round",
+            lambda k, p: ", ".join(str(x) for x in summary[k]["all_transitions_per_s"]),
+        ),
         row(
             "throughput vs orchestrator",
-            lambda p: round(p["transitions_per_s"] / orch["transitions_per_s"], 2),
+            lambda k, p: round(summary[k]["transitions_per_s"] / orch["transitions_per_s"], 2),
         ),
     ]
-    for q in ("p50", "p95", "p99"):
+    for q in ("p50", "p99"):
         out.append(
-            row(f"latency per transition {q} (ms)", lambda p, q=q: p["latency"]["all"][f"{q}_ms"])
+            row(
+                f"latency per transition {q} (ms)", lambda k, p, q=q: p["latency"]["all"][f"{q}_ms"]
+            )
         )
     out += [
         row(
             "task run time p50 / p99 (ms)",
-            lambda p: f"{p['task_runtime']['p50_ms']} / {p['task_runtime']['p99_ms']}",
+            lambda k, p: f"{p['task_runtime']['p50_ms']} / {p['task_runtime']['p99_ms']}",
         ),
-        row("Manager calls per transition", lambda p: p["manager_calls_per_transition"]),
-        row("messages published per transition", lambda p: p["messages_per_transition"]),
-        row("worker CPU ms per transition", lambda p: p["cpu_ms_per_transition"]["worker"]),
-        row("whole-machine CPU ms per transition", lambda p: p["cpu_ms_per_transition"]["machine"]),
-        row("busy cores (of the machine's)", lambda p: p["busy_cores"]),
         row(
-            "worker RSS at boot / before / after (MB)",
-            lambda p: f"{p['rss_mb_at_boot']} / {p['rss_mb_before']} / {p['rss_mb_after']}",
+            "Manager calls per transition", lambda k, p: summary[k]["manager_calls_per_transition"]
         ),
-        row("RSS growth per 10k transitions (MB)", lambda p: p["rss_growth_mb_per_10k"]),
+        row("messages published per transition", lambda k, p: p["messages_per_transition"]),
+        row("worker CPU ms per transition (median)", lambda k, p: summary[k]["worker_cpu_ms"]),
+        row("whole-machine CPU ms per transition", lambda k, p: summary[k]["machine_cpu_ms"]),
+        row("busy cores (of the machine's)", lambda k, p: p["busy_cores"]),
+        row(
+            "worker RSS at boot / after warm-up / at end (MB)",
+            lambda k, p: (
+                f"{p['memory']['rss_mb_at_boot']} / {p['memory']['rss_mb_after_warmup']}"
+                f" / {p['memory']['rss_mb_at_end']}"
+            ),
+        ),
+        row(
+            "RSS growth per 10k transitions (MB)", lambda k, p: summary[k]["rss_growth_mb_per_10k"]
+        ),
+        row(
+            "failed workflows / duplicates / errors logged",
+            lambda k, p: (
+                f"{summary[k]['failed_workflows']} / {summary[k]['duplicates']} / "
+                f"{summary[k]['errors_logged']}"
+            ),
+        ),
         "",
-        "| target | measured | met |",
-        "|---|---:|:---:|",
+        "| target | measured (median) | per round | met |",
+        "|---|---:|---|:---:|",
     ]
+    per_round = {
+        "ratio_vs_floor": summary.get("all_ratios_vs_floor"),
+        "worker_cpu_ratio": summary.get("all_worker_cpu_ratios"),
+    }
     for name, check in report["targets"].items():
+        rounds = per_round.get(name)
         out.append(
-            f"| {name.replace('_', ' ')} {check['target']} | {check['value']} | "
+            f"| {name} {check['target']} | {check['value']} | "
+            f"{', '.join(str(x) for x in rounds) if rounds else '-'} | "
             f"{'yes' if check['met'] else '**no**'} |"
         )
     split = report["orchestrator_calls"]
     out += [
         "",
-        f"Manager calls per transition (orchestrator): {split['workflow_get_put']} workflow "
-        f"GET + PUT, {split['lookups_and_tokens']} cached lookups and tokens.",
+        f"Manager calls per transition (orchestrator, median round): "
+        f"{split['workflow_get_put']} workflow GET + PUT, {split['lookups_and_tokens']} cached "
+        "lookups and tokens.",
+        "",
+        "CPU ms per transition by process (median round of each side):",
+        "",
     ]
-    if report.get("floor"):
-        out.append(
-            "Orchestrator / contract floor throughput: "
-            f"{orch['transitions_per_s'] / report['floor']['transitions_per_s']:.3f}."
-        )
-    out += ["", "CPU ms per transition by process:", ""]
-    names = list(orch["cpu_ms_per_transition"])
+    names = list(sides[0][2]["cpu_ms_per_transition"])
     out.append("| process | " + " | ".join(label for _, label, _ in sides) + " |")
     out.append("|---|" + "---:|" * len(sides))
     for name in names:
-        out.append(row(name, lambda p, name=name: p["cpu_ms_per_transition"][name]))
-    for _, label, phase in sides:
-        if phase.get("disturbed"):
+        out.append(row(name, lambda k, p, name=name: p["cpu_ms_per_transition"][name]))
+    for key, label, _ in sides:
+        disturbed = summary[key]["disturbed_rounds"]
+        if disturbed:
             out.append(
-                f"\n**Warning**: the {label} phase was disturbed (other processes used "
-                f"{phase['other_cpu_share']:.0%} of the busy CPU, "
-                f"{phase['broker_errors_logged']} broker connection errors logged); "
-                "rerun on a quiet machine."
+                f"\n**Warning**: {disturbed} of the {label}'s rounds were disturbed (other "
+                "processes used over 15 % of the busy CPU, or the broker dropped connections)."
             )
     return "\n".join(out)
 
@@ -246,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "pool": args.pool,
         "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "quick": args.quick,
         "procfile": " ".join(procfile_worker()[0]),
         "orchestrator_env": args.env,
         "targets_set": TARGETS,
@@ -257,41 +381,55 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet = None if args.no_wait_quiet else 0.15
     system = System(args.broker_url, keep_logs=args.keep_logs)
-    plan: list[tuple[str, Any]] = []
-    if not args.skip_baseline:
-        plan.append(("baseline", lambda: system.baseline(args.pool, args.concurrency)))
-    if not args.skip_floor:
-        plan.append(("floor", lambda: system.baseline(args.pool, args.concurrency, chats=True)))
+    sides = ["orchestrator", "floor"] + ([] if args.skip_baseline else ["baseline"])
+    for name in sides:
+        kind = {"baseline": name == "baseline", "floor": name == "floor"}
+        system.add_phase(f"{name}-warmup", args.warmup, args.window, **kind)
+        for r in range(args.rounds):
+            system.add_phase(f"{name}-{r}", args.workflows, args.window, **kind)
     env = dict(e.split("=", 1) for e in args.env)
-    plan.append(
-        ("orchestrator", lambda: system.orchestrator(args.pool, args.concurrency, extra_env=env))
-    )
-    for name, _ in plan:
-        system.add_phase(
-            f"{name}-warmup", args.warmup, args.window, baseline=name != "orchestrator"
-        )
-        system.add_phase(name, args.workflows, args.window, baseline=name != "orchestrator")
     started = time.monotonic()
+
+    def shown(name: str, r: int, result: dict[str, Any]) -> None:
+        print(
+            f"  round {r + 1}/{args.rounds} {name}: {result['transitions_per_s']} transitions/s, "
+            f"worker CPU {result['cpu_ms_per_transition']['worker']} ms/transition"
+            + (" (disturbed)" if result["disturbed"] else ""),
+            flush=True,
+        )
+
     try:
         with system:
             print(f"starting the emulator and the peers (run {system.names.suffix})", flush=True)
             system.start()
-            for name, make in plan:
-                print(f"{name}: {args.pool} pool, concurrency {args.concurrency}", flush=True)
-                report[name] = measured_worker(
-                    system,
-                    make(),
-                    f"{name}-warmup" if args.warmup else None,
-                    name,
-                    quiet=quiet,
-                    on_sample=_progress(name),
-                )
+            workers = {
+                "orchestrator": system.orchestrator(args.pool, args.concurrency, extra_env=env),
+                "floor": system.baseline(args.pool, args.concurrency, chats=True),
+            }
+            if not args.skip_baseline:
+                workers["baseline"] = system.baseline(args.pool, args.concurrency)
+            print(
+                f"{', '.join(workers)}: {args.pool} pool, concurrency {args.concurrency}; "
+                f"{args.rounds} rounds of {args.workflows} workflows",
+                flush=True,
+            )
+            runs = run_interleaved(
+                system,
+                workers,
+                args.rounds,
+                quiet=quiet,
+                quiet_max_wait=20.0 if args.quick else 120.0,
+                on_phase=shown,
+                on_sample=None if args.quick else _progress,
+            )
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 2
     report["seconds_total"] = round(time.monotonic() - started, 1)
-    report["targets"] = evaluate(report["orchestrator"], report.get("baseline"))
-    report["orchestrator_calls"] = calls_split(report["orchestrator"])
+    report["runs"] = runs
+    report["summary"] = summary = summarise(runs)
+    report["targets"] = evaluate(summary)
+    report["orchestrator_calls"] = calls_split(_median_phase(runs["orchestrator"]))
     report["markdown"] = markdown(report)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report["markdown"])
     print(f"\nfigures written to {out} (run took {report['seconds_total']} s)")
-    return 0 if all(c["met"] for c in report["targets"].values()) else 1
+    if summary["orchestrator"]["failed_workflows"]:
+        print("warning: some orchestrator workflows failed; see the worker's log (--keep-logs)")
+    met = all(c["met"] for c in report["targets"].values())
+    print(last_line(summary), flush=True)
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -51,6 +52,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-wait-quiet", action="store_true")
     p.add_argument("--env", action="append", default=[], help="extra worker env VAR=value")
     return p.parse_args(argv)
+
+
+#: Key prefixes of the orchestrator's Redis lock (workflow_orchestrator.locking).
+REDIS_PREFIX = "workflow-orchestrator:"
+
+
+def redis_lock_url(extra: dict[str, str]) -> str | None:
+    """LOCK_URL when it names Redis; a run must not use db 0 (the machine's shared one)."""
+    url = extra.get("LOCK_URL", "")
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    from urllib.parse import urlsplit
+
+    db = urlsplit(url).path.strip("/") or "0"
+    if db == "0":
+        raise SystemExit("LOCK_URL must name a Redis database other than 0, e.g. redis://…/7")
+    return url
+
+
+#: The key by which the test sessions mark a Redis database as theirs (tests/services.py);
+#: the sweep marks its database the same way, so no test session takes it meanwhile.
+CLAIM_KEY = "wo-tests:claimed-by"
+
+
+def claim_database(url: str, owner: str) -> None:
+    """Take the database only when it is empty, and mark it as taken."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        if client.dbsize() or not client.set(CLAIM_KEY, owner, nx=True, ex=3600):
+            raise SystemExit(f"Redis database of {url} is not empty: choose another one")
+    finally:
+        client.close()
+
+
+def delete_lock_keys(url: str, owner: str) -> int:
+    """Delete the run's keys (the orchestrator's prefixes only; never a flush), then the
+    claim if it is still ours."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    removed = 0
+    for key in client.scan_iter(match=REDIS_PREFIX + "*", count=1000):
+        removed += client.delete(key)
+    if client.get(CLAIM_KEY) == owner.encode():
+        client.delete(CLAIM_KEY)
+    client.close()
+    return removed
 
 
 def markdown(rows: list[dict[str, Any]], procfile: tuple[str, int]) -> str:
@@ -83,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(w) for w in args.workers.split(",") if w.strip()]
     combos = [(p, c, w) for w in counts for p in pools for c in levels]
     extra = dict(item.split("=", 1) for item in args.env)
+    lock_url = redis_lock_url(extra)
+    owner = f"wo-bench-sweep-{os.getpid()}"
+    if lock_url:
+        claim_database(lock_url, owner)
     system = System(args.broker_url, keep_logs=args.keep_logs)
     for r in range(args.repeat):
         for pool, conc, w in combos:
@@ -113,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"sweep failed: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if lock_url:
+            print(f"deleted {delete_lock_keys(lock_url, owner)} lock keys from {lock_url}")
     rows = []
     for (pool, conc, w), runs in results.items():
         rows.append(

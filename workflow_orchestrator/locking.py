@@ -103,6 +103,31 @@ def lock_file_name(workflow_id: str) -> str:
     return f"{prefix}-{digest}.lock" if prefix else f"{digest}.lock"
 
 
+def _read_all(fd: int, size: int) -> bytes:
+    """The whole content of an open file of `size` bytes (its fstat), read from its
+    start: one read unless the file grew meanwhile."""
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, size + 4096, offset)
+        chunks.append(chunk)
+        offset += len(chunk)
+        if len(chunk) < size + 4096:
+            return b"".join(chunks)
+
+
+def _write_over(fd: int, data: bytes, old_size: int) -> None:
+    """Replace an open file's content of `old_size` bytes with `data`: written over the
+    old content, then cut to its length when it shrank, so the file is never seen empty
+    (plain os calls: a Python file object per small read or write costs several more
+    system calls)."""
+    offset = 0
+    while offset < len(data):
+        offset += os.pwrite(fd, data[offset:], offset)
+    if old_size > len(data):
+        os.ftruncate(fd, len(data))
+
+
 class FileLocks:
     """``fcntl.flock`` locks under `directory`: threads and processes of one host.
 
@@ -177,21 +202,27 @@ class FileLocks:
         """One small file per workflow beside its lock, holding `state now`."""
         path = self.path_for(workflow_id)[: -len(".lock")] + ".time"
         try:
-            with open(path) as handle:
-                remembered_state, _, remembered = handle.read().strip().partition(" ")
-            fresh = time.time() - os.stat(path).st_mtime < DELIVERY_MEMORY_SECONDS
+            fd = self._open(path)
+        except OSError as exc:
+            raise LockUnavailable(workflow_id, f"cannot open {path}: {exc}") from exc
+        try:
+            try:
+                info = os.fstat(fd)
+                remembered_state, _, remembered = (
+                    _read_all(fd, info.st_size).decode("utf-8", "replace").strip().partition(" ")
+                )
+                fresh = time.time() - info.st_mtime < DELIVERY_MEMORY_SECONDS
+            except OSError as exc:
+                raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
             if remembered_state == state and remembered and fresh:
                 return remembered
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
-        try:
-            with open(path, "w") as handle:
-                handle.write(f"{state} {now}")
-        except OSError as exc:
-            raise LockUnavailable(workflow_id, f"cannot write {path}: {exc}") from exc
-        return now
+            try:
+                _write_over(fd, f"{state} {now}".encode(), info.st_size)
+            except OSError as exc:
+                raise LockUnavailable(workflow_id, f"cannot write {path}: {exc}") from exc
+            return now
+        finally:
+            os.close(fd)
 
     def _memory_path(self, workflow_id: str, name: str) -> str:
         return self.path_for(workflow_id)[: -len(".lock")] + f".{name}"
@@ -199,21 +230,34 @@ class FileLocks:
     def recall(self, workflow_id: str, name: str) -> str | None:
         path = self._memory_path(workflow_id, name)
         try:
-            with open(path) as handle:
-                value = handle.read()
-            if time.time() - os.stat(path).st_mtime < DELIVERY_MEMORY_SECONDS:
-                return value
-            return None
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
+        try:
+            info = os.fstat(fd)
+            if time.time() - info.st_mtime >= DELIVERY_MEMORY_SECONDS:
+                return None
+            return _read_all(fd, info.st_size).decode("utf-8", "surrogateescape")
+        except OSError as exc:
+            raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
+        finally:
+            os.close(fd)
 
     def remember(self, workflow_id: str, name: str, value: str) -> None:
         path = self._memory_path(workflow_id, name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
-            with open(path, "w") as handle:
-                handle.write(value)
+            # Truncated on open, as a Python file opened with "w" is (what this replaces).
+            fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            try:
+                data = value.encode("utf-8", "surrogateescape")
+                offset = 0
+                while offset < len(data):
+                    offset += os.write(fd, data[offset:])
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise LockUnavailable(workflow_id, f"cannot write {path}: {exc}") from exc
 
