@@ -26,7 +26,13 @@ from kombu import Connection
 
 from .emulator import ManagerEmulator
 from .factory import create_app
-from .queues import orchestration_queue, plain_queue, wait_queue_names
+from .queues import (
+    orchestration_queue,
+    plain_queue,
+    wait_lengths,
+    wait_queue,
+    wait_queue_names,
+)
 from .settings import Settings, redact_url
 from .worker_api import step_completed, step_failed, worker_app
 
@@ -357,8 +363,8 @@ class MemoryBrokerTTL:
     def __init__(self, settings: Settings) -> None:
         self.target = settings.queue_name
         self.waits = {
-            name: int(name.rsplit(".", 1)[1][:-1])
-            for name in wait_queue_names(settings.queue_name, settings.schedule_poll_seconds)
+            wait_queue(settings.queue_name, seconds).name: seconds
+            for seconds in wait_lengths(settings.schedule_poll_seconds)
         }
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-ttl", daemon=True)

@@ -77,12 +77,17 @@ def wait_queue(target: str, seconds: int) -> Queue:
     )
 
 
-def wait_queue_names(target: str, longest: float) -> list[str]:
-    """Every wait queue a deadline of `target` can use when no wait exceeds `longest`
-    seconds (SCHEDULE_POLL_SECONDS): the power-of-two lengths up to it."""
-    names, seconds = [], 1
+def wait_lengths(longest: float) -> list[int]:
+    """Every wait a deadline can take when none exceeds `longest` seconds
+    (SCHEDULE_POLL_SECONDS): the powers of two up to it, at least 1."""
+    lengths, seconds = [], 1
     while True:
-        names.append(f"{target}.wait.{seconds}s")
+        lengths.append(seconds)
         if seconds * 2 > max(1, longest):
-            return names
+            return lengths
         seconds *= 2
+
+
+def wait_queue_names(target: str, longest: float) -> list[str]:
+    """The wait queues of `target` that a deadline can use (to delete them, say)."""
+    return [wait_queue(target, seconds).name for seconds in wait_lengths(longest)]

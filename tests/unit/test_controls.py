@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workflow_orchestrator.queues import wait_queue, wait_queue_names
+from workflow_orchestrator.queues import wait_lengths, wait_queue, wait_queue_names
 from workflow_orchestrator.transition import (
     CARRIED_FIELDS,
     CONTROL_KEY,
@@ -171,35 +171,12 @@ def test_retry_of_a_workflow_that_failed_before_any_step_does_nothing() -> None:
     assert nothing.outcome is Outcome.NOTHING and "before any step" in nothing.summary
 
 
-def test_a_late_report_of_the_failed_run_does_not_complete_the_retried_step() -> None:
-    saved, _, last = dispatched()
-    start = run(stored_workflow(), {"id": WID, "notifications_config": MAIL})
-    (old_request, _) = [e for e in start.effects if isinstance(e, WorkerRequest)]
-    failed = run(
-        saved,
-        {**old_request.payload, "workflow_completed": True, "workflow_error": True},
-        NOW + timedelta(minutes=1),
-        last,
-    )
-    retried = run(failed.workflow, {"id": WID, CONTROL_KEY: {"kind": "retry"}}, NOW, last)
-    late = run(retried.workflow, {**old_request.payload, "etcd_token": "deploy-cluster-9"})
-    assert late.outcome is Outcome.DUPLICATE and "retried since" in late.summary
-    (new_request, _) = [e for e in retried.effects if isinstance(e, WorkerRequest)]
-    ok = run(retried.workflow, {**new_request.payload, "etcd_token": "deploy-cluster-9"})
-    assert ok.outcome is Outcome.APPLIED
-
-
-@given(st.floats(min_value=0.01, max_value=100_000), st.integers(min_value=1, max_value=7200))
-def test_every_wait_a_deadline_takes_has_a_named_wait_queue(remaining: float, poll: int) -> None:
-    """The demo and the tests delete these names: none may be missed."""
-    used = wait_queue("q", wait_seconds(min(remaining, poll))).name
-    assert used in wait_queue_names("q", poll)
-    assert all(int(n.rsplit(".", 1)[1][:-1]) <= poll for n in wait_queue_names("q", poll))
-
-
-def test_a_late_report_echoing_no_log_is_told_by_its_step_start() -> None:
-    """Without an echoed log, the step start the failed run was dispatched with is
-    earlier than the one remembered for the retried run."""
+def failed_then_retried(
+    retried_at: datetime,
+) -> tuple[dict[str, Any], WorkerRequest, Any, WorkerRequest]:
+    """A build dispatched, reported failed and retried by an operator at `retried_at`:
+    the stored workflow before the failure, the first build request, the retry's
+    decision and the retried build request."""
     saved, _, last = dispatched()
     start = run(stored_workflow(), {"id": WID, "notifications_config": MAIL})
     (old_request, _) = [e for e in start.effects if isinstance(e, WorkerRequest)]
@@ -210,8 +187,32 @@ def test_a_late_report_echoing_no_log_is_told_by_its_step_start() -> None:
         last,
     )
     retry = {"id": WID, CONTROL_KEY: {"kind": "retry"}}
-    retried = run(failed.workflow, retry, NOW + timedelta(minutes=5), last)
+    retried = run(failed.workflow, retry, retried_at, last)
     (new_request, _) = [e for e in retried.effects if isinstance(e, WorkerRequest)]
+    return saved, old_request, retried, new_request
+
+
+def test_a_late_report_of_the_failed_run_does_not_complete_the_retried_step() -> None:
+    _, old_request, retried, new_request = failed_then_retried(NOW)
+    late = run(retried.workflow, {**old_request.payload, "etcd_token": "deploy-cluster-9"})
+    assert late.outcome is Outcome.DUPLICATE and "retried since" in late.summary
+    ok = run(retried.workflow, {**new_request.payload, "etcd_token": "deploy-cluster-9"})
+    assert ok.outcome is Outcome.APPLIED
+
+
+@given(st.floats(min_value=0.01, max_value=100_000), st.integers(min_value=1, max_value=7200))
+def test_every_wait_a_deadline_takes_has_a_named_wait_queue(remaining: float, poll: int) -> None:
+    """The demo and the tests delete these names: none may be missed."""
+    used = wait_queue("q", wait_seconds(min(remaining, poll))).name
+    assert used in wait_queue_names("q", poll)
+    assert all(seconds <= poll for seconds in wait_lengths(poll))
+    assert wait_queue_names("q", poll) == [wait_queue("q", s).name for s in wait_lengths(poll)]
+
+
+def test_a_late_report_echoing_no_log_is_told_by_its_step_start() -> None:
+    """Without an echoed log, the step start the failed run was dispatched with is
+    earlier than the one remembered for the retried run."""
+    saved, old_request, retried, new_request = failed_then_retried(NOW + timedelta(minutes=5))
     remembered = {"step": "build", **{k: new_request.payload.get(k) for k in CARRIED_FIELDS}}
     assert needs_last_dispatch(retried.workflow) and not needs_last_dispatch(saved)
 
