@@ -270,23 +270,50 @@ class ManagerClient:
         metrics: OrchestratorMetrics | None = None,
         tracing: Tracing | None = None,
     ) -> ManagerClient:
-        """The client the worker uses: token source and API share one session."""
-        session = new_session()
-        tokens = TokenSource(
+        """The client the worker uses."""
+        return cls.connect(
+            settings.manager_url,
             settings.oauth_login_url,
             settings.oauth_client_id,
             settings.oauth_client_secret,
             body=settings.oauth_body,
             connect_timeout=settings.manager_connect_timeout,
             read_timeout=settings.manager_read_timeout,
+            metrics=metrics,
+            tracing=tracing,
+        )
+
+    @classmethod
+    def connect(
+        cls,
+        manager_url: str,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        body: str = "json",
+        connect_timeout: float = 3.05,
+        read_timeout: float = 15.0,
+        metrics: OrchestratorMetrics | None = None,
+        tracing: Tracing | None = None,
+    ) -> ManagerClient:
+        """A client with its own token source; both share one session."""
+        session = new_session()
+        tokens = TokenSource(
+            token_url,
+            client_id,
+            client_secret,
+            body=body,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             session=session,
             metrics=metrics,
         )
         return cls(
-            settings.manager_url,
+            manager_url,
             tokens,
-            connect_timeout=settings.manager_connect_timeout,
-            read_timeout=settings.manager_read_timeout,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             session=session,
             metrics=metrics,
             tracing=tracing,

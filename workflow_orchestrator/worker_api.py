@@ -28,7 +28,7 @@ from kombu import Queue
 from .broker_pool import BrokerPublisher
 from .brokers import BrokerResolver
 from .errors import SettingsError
-from .manager import ManagerClient, TokenSource, fit_workload
+from .manager import ManagerClient, fit_workload
 from .notifications import chat_note, room_names
 from .publisher import PUBLISH_RETRY_POLICY, describe
 from .queues import plain_queue
@@ -128,17 +128,14 @@ def manager_from_environment(config: Callable[..., Any] | None = None) -> Manage
     MANAGER_*_TIMEOUT ones), from the environment or a `.env` in the working directory;
     a missing one raises SettingsError naming it."""
     read = setting_reader(config)
-    connect, timeout = read("MANAGER_CONNECT_TIMEOUT", float), read("MANAGER_READ_TIMEOUT", float)
-    tokens = TokenSource(
+    return ManagerClient.connect(
+        read("MANAGER_URL", str),
         read("OAUTH_LOGIN_URL", str),
         read("OAUTH_CLIENT_ID", str),
         read("OAUTH_CLIENT_SECRET", str),
         body=read("OAUTH_BODY", str),
-        connect_timeout=connect,
-        read_timeout=timeout,
-    )
-    return ManagerClient(
-        read("MANAGER_URL", str), tokens, connect_timeout=connect, read_timeout=timeout
+        connect_timeout=read("MANAGER_CONNECT_TIMEOUT", float),
+        read_timeout=read("MANAGER_READ_TIMEOUT", float),
     )
 
 
