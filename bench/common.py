@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -26,3 +29,34 @@ START_FIELDS = {
 
 class BenchError(RuntimeError):
     pass
+
+
+def add_system_options(
+    parser: argparse.ArgumentParser, json_name: str, warmup: int | None = 40
+) -> None:
+    """The options of every script that runs a bench System."""
+    parser.add_argument("--window", "-w", type=int, default=64, help="workflows in flight")
+    parser.add_argument("--warmup", type=int, default=warmup, help="warm-up workflows per phase")
+    parser.add_argument("--json", default=str(RESULTS / json_name), help="where the figures go")
+    parser.add_argument("--broker-url", default=DEFAULT_BROKER)
+    parser.add_argument("--keep-logs", action="store_true", help="keep bench/results/logs/*")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="VAR=value",
+        help="extra orchestrator setting, e.g. LOCK_URL=redis://127.0.0.1:6379/5 (repeatable)",
+    )
+    parser.add_argument(
+        "--no-wait-quiet",
+        action="store_true",
+        help="do not wait for an idle machine before each phase",
+    )
+
+
+def write_report(path: str, report: dict[str, Any]) -> Path:
+    """The figures of a run as JSON at `path` (its folder made if need be)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    return out

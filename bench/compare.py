@@ -19,7 +19,6 @@ to --json (default bench/results/compare.json).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, BenchError  # noqa: E402
+from bench.common import BenchError, add_system_options, write_report  # noqa: E402
 from bench.harness import System, measured_worker  # noqa: E402
 from bench.measure import machine  # noqa: E402
 
@@ -43,16 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a package tree to measure (repeatable; the first is the reference)",
     )
     p.add_argument("--workflows", "-n", type=int, default=500)
-    p.add_argument("--warmup", type=int, default=40)
-    p.add_argument("--window", "-w", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--pool", default=None, help="default: each variant's Procfile")
     p.add_argument("--concurrency", "-c", type=int, default=None)
-    p.add_argument("--env", action="append", default=[], help="extra worker env VAR=value")
-    p.add_argument("--json", default=str(RESULTS / "compare.json"))
-    p.add_argument("--broker-url", default="amqp://guest:guest@127.0.0.1:5672//")
-    p.add_argument("--keep-logs", action="store_true")
-    p.add_argument("--no-wait-quiet", action="store_true")
+    add_system_options(p, "compare.json")
     return p.parse_args(argv)
 
 
@@ -153,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "markdown": markdown,
         "seconds_total": round(time.monotonic() - started, 1),
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report(args.json, report)
     print()
     print(markdown)
     print(f"\nfigures written to {out} (took {report['seconds_total']} s)")

@@ -293,37 +293,13 @@ class System:
         queues = ",".join(
             plan[k]["queue"] for k in ("builder", "deployer", "hipchat", "email", "done")
         )
-        self.peers = self._child(
+        self.peers = self._peer_worker(
             "peers",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "bench.peers",
-                "worker",
-                "-P",
-                "threads",
-                "-c",
-                "16",
-                "-Q",
-                queues,
-                "-n",
-                f"bench-peers-{self.names.suffix}@bench",
-                "--without-mingle",
-                "--without-gossip",
-                "-l",
-                "WARNING",
-            ],
-            {"BENCH_PLAN": str(self.workdir / "plan.json")},
-        ).start()
-        deadline = time.monotonic() + 60
-        while not self.peer_status().get("ready"):
-            if not self.peers.alive():
-                raise BenchError(f"peers exited early:\n{self.peers.tail()}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"peers not ready within 60 s:\n{self.peers.tail()}")
-            time.sleep(0.1)
+            self.workdir / "plan.json",
+            queues,
+            16,
+            lambda: bool(self.peer_status().get("ready")),
+        )
         if self.second_broker:
             self._start_peers_b()
 
@@ -346,8 +322,17 @@ class System:
         }
         (self.workdir / "peers-b").mkdir(exist_ok=True)
         (self.workdir / "plan-b.json").write_text(json.dumps(plan))
-        self.peers_b = self._child(
-            "peers-b",
+        status = self.workdir / "peers-b-status.json"
+        self.peers_b = self._peer_worker(
+            "peers-b", self.workdir / "plan-b.json", plan["builder"]["queue"], 8, status.exists
+        )
+
+    def _peer_worker(
+        self, name: str, plan: Path, queues: str, concurrency: int, ready: Callable[[], bool]
+    ) -> Child:
+        """A bench.peers worker (threads pool) on `queues`, started and ready."""
+        child = self._child(
+            name,
             [
                 sys.executable,
                 "-m",
@@ -358,26 +343,26 @@ class System:
                 "-P",
                 "threads",
                 "-c",
-                "8",
+                str(concurrency),
                 "-Q",
-                plan["builder"]["queue"],
+                queues,
                 "-n",
-                f"bench-peers-b-{self.names.suffix}@bench",
+                f"bench-{name}-{self.names.suffix}@bench",
                 "--without-mingle",
                 "--without-gossip",
                 "-l",
                 "WARNING",
             ],
-            {"BENCH_PLAN": str(self.workdir / "plan-b.json")},
+            {"BENCH_PLAN": str(plan)},
         ).start()
         deadline = time.monotonic() + 60
-        path = self.workdir / "peers-b-status.json"
-        while not path.exists():
-            if not self.peers_b.alive():
-                raise BenchError(f"peers-b exited early:\n{self.peers_b.tail()}")
+        while not ready():
+            if not child.alive():
+                raise BenchError(f"{name} exited early:\n{child.tail()}")
             if time.monotonic() > deadline:
-                raise BenchError(f"peers-b not ready within 60 s:\n{self.peers_b.tail()}")
+                raise BenchError(f"{name} not ready within 60 s:\n{child.tail()}")
             time.sleep(0.1)
+        return child
 
     # -- the workers under test -----------------------------------------------------------------
 

@@ -59,7 +59,6 @@ Exit status 0 when every target is met, 1 when one is missed, 2 when the run fai
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -68,7 +67,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, BenchError  # noqa: E402
+from bench.common import BenchError, add_system_options, write_report  # noqa: E402
 from bench.harness import System, run_interleaved  # noqa: E402
 from bench.measure import machine, rabbitmq_version  # noqa: E402
 from bench.processes import procfile_worker  # noqa: E402
@@ -99,24 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--concurrency", "-c", type=int, default=concurrency, help=f"default {concurrency}"
     )
-    p.add_argument("--window", "-w", type=int, default=64, help="workflows in flight")
-    p.add_argument("--warmup", type=int, help="warm-up workflows per side")
-    p.add_argument("--json", default=str(RESULTS / "latest.json"), help="where the figures go")
-    p.add_argument("--broker-url", default="amqp://guest:guest@127.0.0.1:5672//")
     p.add_argument("--skip-baseline", action="store_true", help="do not measure the baseline")
-    p.add_argument("--keep-logs", action="store_true", help="keep bench/results/logs/*")
-    p.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="VAR=value",
-        help="extra orchestrator setting, e.g. LOCK_URL=redis://127.0.0.1:6379/5 (repeatable)",
-    )
-    p.add_argument(
-        "--no-wait-quiet",
-        action="store_true",
-        help="do not wait for an idle machine before each phase",
-    )
+    add_system_options(p, "latest.json", warmup=None)
     args = p.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     for key, value in defaults.items():
@@ -431,9 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     report["targets"] = evaluate(summary)
     report["orchestrator_calls"] = calls_split(_median_phase(runs["orchestrator"]))
     report["markdown"] = markdown(report)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report(args.json, report)
     print()
     print(report["markdown"])
     print(f"\nfigures written to {out} (run took {report['seconds_total']} s)")

@@ -34,7 +34,6 @@ Exit status 0 when the target is met, 1 when missed, 2 when the run failed.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, BenchError  # noqa: E402
+from bench.common import BenchError, add_system_options, write_report  # noqa: E402
 from bench.harness import System  # noqa: E402
 from bench.measure import machine, rss_bytes, wait_for_quiet  # noqa: E402
 from bench.processes import procfile_worker  # noqa: E402
@@ -57,15 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workflows", "-n", type=int, default=400)
     p.add_argument("--rounds", "-r", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=40)
-    p.add_argument("--window", "-w", type=int, default=64)
     p.add_argument("--pool", default=pool, choices=["threads", "prefork"])
     p.add_argument("--concurrency", "-c", type=int, default=concurrency)
-    p.add_argument("--env", action="append", default=[], metavar="VAR=value")
-    p.add_argument("--json", default=str(RESULTS / "second-broker.json"))
-    p.add_argument("--broker-url", default="amqp://guest:guest@127.0.0.1:5672//")
-    p.add_argument("--keep-logs", action="store_true")
-    p.add_argument("--no-wait-quiet", action="store_true")
+    add_system_options(p, "second-broker.json")
     return p.parse_args(argv)
 
 
@@ -172,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "markdown": markdown,
         "seconds_total": round(time.monotonic() - started, 1),
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report(args.json, report)
     print()
     print(markdown)
     print(f"\nfigures written to {out} (took {report['seconds_total']} s)")

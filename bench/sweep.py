@@ -21,7 +21,6 @@ measured; writes the figures to --json (default bench/results/sweep.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, BenchError  # noqa: E402
+from bench.common import BenchError, add_system_options, write_report  # noqa: E402
 from bench.harness import System, measured_worker  # noqa: E402
 from bench.measure import machine  # noqa: E402
 from bench.processes import procfile_worker  # noqa: E402
@@ -40,17 +39,11 @@ from bench.processes import procfile_worker  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workflows", "-n", type=int, default=300)
-    p.add_argument("--warmup", type=int, default=40)
-    p.add_argument("--window", "-w", type=int, default=64)
     p.add_argument("--pools", default="threads,prefork")
     p.add_argument("--concurrency", default="1,2,4,8")
     p.add_argument("--workers", default="1", help="worker processes per combination")
     p.add_argument("--repeat", type=int, default=1)
-    p.add_argument("--json", default=str(RESULTS / "sweep.json"))
-    p.add_argument("--broker-url", default="amqp://guest:guest@127.0.0.1:5672//")
-    p.add_argument("--keep-logs", action="store_true")
-    p.add_argument("--no-wait-quiet", action="store_true")
-    p.add_argument("--env", action="append", default=[], help="extra worker env VAR=value")
+    add_system_options(p, "sweep.json")
     return p.parse_args(argv)
 
 
@@ -222,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "markdown": table,
         "seconds_total": round(time.monotonic() - started, 1),
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report(args.json, report)
     print()
     print(table)
     print()
