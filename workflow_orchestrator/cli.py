@@ -44,6 +44,7 @@ from .status_view import (
     state_text,
     terminal_width,
 )
+from .transition import CANCELLED_REASON
 
 #: Seconds between two redraws of a live status line.
 TICK_SECONDS = 0.2
@@ -399,9 +400,7 @@ def cancel(ctx: click.Context, workflow_id: str, reason: str | None, timeout: fl
         ctx,
         workflow_id,
         cancel_workflow,
-        lambda wf: (
-            bool(wf.get("workflow_completed")) and _log_count(wf, "Cancelled by an operator") > 0
-        ),
+        lambda wf: bool(wf.get("workflow_completed")) and _log_count(wf, CANCELLED_REASON) > 0,
         timeout,
         reason=reason,
     )

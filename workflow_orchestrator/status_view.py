@@ -11,6 +11,8 @@ import re
 import shutil
 from typing import Any
 
+from .transition import CANCELLED_REASON, DEADLINE_REASON
+
 #: Exit codes of every command (and the demo): 0 success, 1 the thing looked at failed,
 #: 2 the command could not do its job, 130 interrupted.
 EXIT_OK = 0
@@ -33,10 +35,7 @@ _WORKER_LINE = re.compile(r"\A\[OA\]\[[^\]]*\] ")  # a worker's line: no [repo] 
 WORKER_REPORTED = "Milestone worker has reported a failure"
 #: How a failed workflow ended, from its failure reason (docs/behaviour.md §11): an
 #: operator's cancel and a step deadline are told apart from a failure.
-FAILURE_KINDS = {
-    "Cancelled by an operator": "cancelled",
-    "Milestone worker did not report back within ": "timed_out",
-}
+FAILURE_KINDS = {CANCELLED_REASON: "cancelled", DEADLINE_REASON: "timed_out"}
 #: The verb of each failure kind in `status`, `watch` and the demo.
 FAILURE_VERBS = {"cancelled": "cancelled", "timed_out": "timed out", "failed": "failed"}
 _PREFIX = re.compile(r"\A\[OA\]\[[^\]]*\](?:\[[^\]]*\])?\s?")

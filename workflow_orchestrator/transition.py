@@ -185,6 +185,10 @@ def wait_seconds(seconds: float) -> int:
 #: The key of an operator control or deadline message (docs/behaviour.md §11).
 CONTROL_KEY = "orchestrator_control"
 RETRY_LINE = "Retrying Workflow Milestone: "
+#: The failure reasons of an operator's cancel (`: {reason}` follows when one is given)
+#: and of a step deadline (its duration follows), as CONTRACT §11 words them.
+CANCELLED_REASON = "Cancelled by an operator"
+DEADLINE_REASON = "Milestone worker did not report back within "
 
 
 def retries_of(workflow: dict[str, Any]) -> int:
@@ -368,7 +372,7 @@ def _control(
                 Outcome.NOTHING, f"workflow {wid} is already completed: nothing to cancel"
             )
         reason = control.get("reason")
-        text = f"Cancelled by an operator: {reason}" if reason else "Cancelled by an operator"
+        text = f"{CANCELLED_REASON}: {reason}" if reason else CANCELLED_REASON
         workflow = _prepare(stored, {"id": wid, **carried})
         run = _Run(workflow, now, topology, config, run_key_of(workflow, str(wid)))
         run.fail(text)
@@ -435,7 +439,7 @@ def _deadline(
     carried = {k: message.get(k) for k in CARRIED_FIELDS if message.get(k) is not None}
     workflow = _prepare(stored, {"id": wid, **carried})
     run = _Run(workflow, now, topology, config, run_key_of(workflow, str(wid)))
-    run.fail(f"Milestone worker did not report back within {describe_seconds(timeout)}")
+    run.fail(f"{DEADLINE_REASON}{describe_seconds(timeout)}")
     run._stamp()
     return Decision(Outcome.APPLIED, run.summary, run.workflow, tuple(run.effects))
 
