@@ -252,10 +252,7 @@ class FileLocks:
             # Truncated on open, as a Python file opened with "w" is (what this replaces).
             fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)
             try:
-                data = value.encode("utf-8", "surrogateescape")
-                offset = 0
-                while offset < len(data):
-                    offset += os.write(fd, data[offset:])
+                _write_over(fd, value.encode("utf-8", "surrogateescape"), 0)
             finally:
                 os.close(fd)
         except OSError as exc:
