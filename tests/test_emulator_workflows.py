@@ -8,6 +8,7 @@ orchestrator's client sends. The execute tests publish to the real local RabbitM
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import time
 import uuid
@@ -166,6 +167,31 @@ def test_put_leaves_omitted_fields_and_resets_only_workflow_completed(
     assert got["workflow_error"] is True  # omitted: kept
     assert got["workflow_completed"] is False  # omitted: the one field that defaults
     assert got["milestones"] == ["build"] and got["current_step"] == "build"
+
+
+@pytest.mark.parametrize("sent", [b"", b'{"event_log": "[]", "workflow'], ids=["none", "half"])
+def test_a_put_whose_client_dies_inside_the_body_changes_nothing(
+    manager_emulator: ManagerEmulator, http: requests.Session, sent: bytes
+) -> None:
+    """A worker killed between the headers and the end of its body: Plug's read_body fails
+    and the action never runs, so nothing is stored (not even workflow_completed=false)."""
+    wid = manager_emulator.add_workflow(
+        {"milestones": ["build"], "workflow_completed": True, "event_log": ["a line"]}
+    )
+    body = json.dumps({"event_log": [], "workflow_completed": False}).encode()
+    head = (
+        f"PUT /workflows/{wid} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {manager_emulator.issue_token()}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", manager_emulator.port), timeout=5) as s:
+        s.sendall(head + sent)
+        s.shutdown(socket.SHUT_WR)
+        answer = s.recv(64)
+    assert answer == b""  # no reply: the request was never served
+    got = http.get(at(manager_emulator, f"/workflows/{wid}")).json()
+    assert got["workflow_completed"] is True and got["event_log"] == ["a line"]
+    assert manager_emulator.workflow_puts(wid) == []
 
 
 def test_put_with_null_sets_null_and_workflow_error_can_be_null(

@@ -249,7 +249,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise _BadBody(400, "invalid Content-Length")
         if length > MAX_BODY:
             raise _BadBody(413, "body too large")
-        return self.rfile.read(length)
+        body = self.rfile.read(length)
+        if len(body) < length:
+            # The client died between the headers and the end of its body (a worker killed
+            # mid-PUT): Plug's read_body fails and the action never runs; neither does ours.
+            raise ConnectionResetError("the connection closed inside the request body")
+        return body
 
     def _read_chunked(self) -> bytes:
         chunks: list[bytes] = []
@@ -267,7 +272,10 @@ class _Handler(BaseHTTPRequestHandler):
             total += size
             if total > MAX_BODY:
                 raise _BadBody(413, "body too large")
-            chunks.append(self.rfile.read(size))
+            chunk = self.rfile.read(size)
+            if len(chunk) < size:
+                raise ConnectionResetError("the connection closed inside a body chunk")
+            chunks.append(chunk)
             self.rfile.readline(1024)
 
     def _reply(self, response: Response) -> None:
