@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import requests
 
 from tests.conftest import CLIENT_ID, CLIENT_SECRET
 from workflow_orchestrator.emulator import ManagerEmulator
@@ -22,7 +23,7 @@ from workflow_orchestrator.errors import (
     ManagerPermanentError,
     ManagerTransientError,
 )
-from workflow_orchestrator.manager import ManagerClient, TokenSource
+from workflow_orchestrator.manager import ManagerClient, TokenSource, new_session
 from workflow_orchestrator.settings import Settings
 
 TOKEN_KEY = "POST /oauth/token"
@@ -237,6 +238,25 @@ def test_from_settings(manager_emulator: ManagerEmulator) -> None:
         assert client.get_workflow(wid)["id"] == wid
         assert client.timeout == (1.0, 2.0)
         assert client.tokens is not None and client.tokens.body == "form"
+
+
+def test_the_proxy_environment_is_read_once_per_host(
+    manager_emulator: ManagerEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proxies from the environment are honoured, and read at a host's first call only."""
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as s:  # a port nothing listens on: a proxy that cannot be reached
+        s.bind(("127.0.0.1", 0))
+        dead_proxy = f"http://127.0.0.1:{s.getsockname()[1]}"
+    session = new_session()
+    path = f"127.0.0.1:{manager_emulator.port}/workflows"
+    assert session.get(f"http://{path}", timeout=5).status_code == 401  # reached directly
+    monkeypatch.setenv("HTTP_PROXY", dead_proxy)
+    assert session.get(f"http://{path}", timeout=5).status_code == 401  # read once: still direct
+    with pytest.raises(requests.exceptions.ProxyError):  # a new host reads it: the proxy
+        session.get(f"http://localhost:{manager_emulator.port}/workflows", timeout=5)
+    session.close()
 
 
 # -- tokens ---------------------------------------------------------------------------------
