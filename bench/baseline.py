@@ -45,10 +45,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import requests
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
+from workflow_orchestrator.manager import new_session
 from workflow_orchestrator.queues import orchestration_queue, wait_queue
 from workflow_orchestrator.transition import wait_seconds
 from workflow_orchestrator.workflow import WORKFLOW_FIELDS
@@ -114,9 +114,8 @@ class _Manager:
     """A keep-alive session and one bearer token per process (built after a fork)."""
 
     def __init__(self) -> None:
-        self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
-        self.session.mount("http://", adapter)
+        # The orchestrator's session: the same pool, the environment read once per host.
+        self.session = new_session()
         answer = self.session.post(
             CONF["token_url"],
             json={
