@@ -376,6 +376,9 @@ def test_file_delivery_counts_per_message(tmp_path: Path) -> None:
     locks = FileLocks(str(tmp_path), wait=1)
     assert [locks.count_delivery("m/1") for _ in range(3)] == [1, 2, 3]
     assert locks.count_delivery("m/2") == 1
+    locks.forget_deliveries("m/1")  # a replay starts the count afresh, of that message only
+    locks.forget_deliveries("never-seen")
+    assert (locks.count_delivery("m/1"), locks.count_delivery("m/2")) == (1, 2)
 
 
 def test_redis_delivery_counts_per_message(redis_url: str) -> None:
@@ -383,6 +386,10 @@ def test_redis_delivery_counts_per_message(redis_url: str) -> None:
     message = f"msg-{uuid.uuid4()}"
     assert [locks.count_delivery(message) for _ in range(3)] == [1, 2, 3]
     assert 0 < locks.client.ttl(f"workflow-orchestrator:deliveries:{message}") <= 86400
+    other = f"msg-{uuid.uuid4()}"
+    assert locks.count_delivery(other) == 1
+    locks.forget_deliveries(message)
+    assert (locks.count_delivery(message), locks.count_delivery(other)) == (1, 2)
 
 
 def check_transition_time(locks: object) -> None:

@@ -27,6 +27,7 @@ from . import __version__
 from .checks import BROKER_HINT, Check, explain_manager_error, run_checks, scrub_secrets
 from .dead_letters import list_dead_letters, replay_dead_letters
 from .errors import ManagerError, ManagerNotFound, SettingsError
+from .locking import locks_from_settings
 from .queue_migration import migrate_orchestration_queue
 from .settings import Settings, load_settings, redact_url
 from .status_view import (
@@ -534,7 +535,11 @@ def replay(ctx: click.Context, workflow_id: str | None, everything: bool) -> Non
         raise click.UsageError("say which: --id WORKFLOW or --all (one of the two)")
     settings = _state(ctx).load()
     moved = replay_dead_letters(
-        settings.celery_broker_url, settings.error_queue_name, settings.queue_name, workflow_id
+        settings.celery_broker_url,
+        settings.error_queue_name,
+        settings.queue_name,
+        workflow_id,
+        forget_deliveries=locks_from_settings(settings).forget_deliveries,
     )
     if not moved:
         which = f"of workflow {workflow_id} " if workflow_id else ""

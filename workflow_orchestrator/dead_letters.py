@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -143,16 +144,27 @@ class _Raw:
 
 
 def replay_dead_letters(
-    broker_url: str, error_name: str, queue_name: str, workflow_id: str | None
+    broker_url: str,
+    error_name: str,
+    queue_name: str,
+    workflow_id: str | None,
+    forget_deliveries: Callable[[str], None] | None = None,
 ) -> int:
     """Move dead letters back to the orchestration queue (those of `workflow_id`, or all
     when None), without the dead-letter headers and with a fresh retry budget
-    (`with_fresh_retry_budget`). Each copy is confirmed before its dead
-    letter is acked: a crash mid-replay leaves a message in both queues at worst, which
-    the orchestrator's duplicate handling absorbs. Returns how many were moved."""
+    (`with_fresh_retry_budget`; `forget_deliveries(task_id)`, the lock store's, drops the
+    redeliveries counted for it, or a message that gave up on MAX_REDELIVERIES would give
+    up at its next one). Each copy is confirmed before its dead letter is acked: a crash
+    mid-replay leaves a message in both queues at worst, which the orchestrator's
+    duplicate handling absorbs. Returns how many were moved."""
 
     def wanted(message: Any) -> bool:
         return workflow_id is None or _view(_Raw(message)).workflow_id == workflow_id
+
+    def forget(message: Any) -> None:
+        task_id = _view(_Raw(message)).task_id
+        if forget_deliveries is not None and task_id:
+            forget_deliveries(task_id)
 
     with Connection(broker_url, transport_options={"confirm_publish": True}) as conn:
         error_queue(error_name)(conn.default_channel).declare()
@@ -163,4 +175,5 @@ def replay_dead_letters(
             select=wanted,
             drop_headers=(REASON_HEADER, AT_HEADER),
             rewrite=with_fresh_retry_budget,
+            before_copy=forget,
         )

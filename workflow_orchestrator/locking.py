@@ -78,6 +78,10 @@ class WorkflowLocks(Protocol):
         """Add one redelivery of this message; return how many were counted so far."""
         ...
 
+    def forget_deliveries(self, message_id: str) -> None:
+        """Drop the redeliveries counted for this message (a replay starts it afresh)."""
+        ...
+
     def transition_time(self, workflow_id: str, state: str, now: str) -> str:
         """The time first used to transition this workflow from stored `state`, or `now`
         (remembered) if none was. Called while holding the workflow's lock."""
@@ -197,6 +201,13 @@ class FileLocks:
             return count
         finally:
             os.close(fd)
+
+    def forget_deliveries(self, message_id: str) -> None:
+        path = os.path.join(self.directory, "deliveries", lock_file_name(message_id))
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass  # never redelivered, or a day old and swept
 
     def transition_time(self, workflow_id: str, state: str, now: str) -> str:
         """One small file per workflow beside its lock, holding `state now`."""
@@ -323,6 +334,16 @@ class RedisLocks:
             problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
             raise LockUnavailable(message_id, self._scrub(problem)) from None
         return int(count)
+
+    def forget_deliveries(self, message_id: str) -> None:
+        from redis.exceptions import RedisError
+
+        key = (REDIS_DELIVERY_PREFIX + message_id).encode("utf-8", "surrogatepass")
+        try:
+            self.client.delete(key)
+        except RedisError as exc:
+            problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
+            raise LockUnavailable(message_id, self._scrub(problem)) from None
 
     def transition_time(self, workflow_id: str, state: str, now: str) -> str:
         from redis.exceptions import RedisError

@@ -60,12 +60,13 @@ def move_messages(
     select: Callable[[Any], bool] | None = None,
     drop_headers: tuple[str, ...] = (),
     rewrite: Callable[[bytes, str | None], bytes] | None = None,
+    before_copy: Callable[[Any], None] | None = None,
 ) -> int:
     """Copy the messages of `source` that `select` takes (all by default) to `target`,
     each confirmed before its original is acked; returns how many moved. Messages not
     taken go back to `source` when the channel closes. Body and properties are kept;
-    `drop_headers` are left out of the copy, and `rewrite(body, content_type)` gives the
-    copy's body when set."""
+    `drop_headers` are left out of the copy, `rewrite(body, content_type)` gives the
+    copy's body when set, and `before_copy(message)` runs before each copy is sent."""
     channel = conn.channel()
     producer = Producer(channel)
     moved = 0
@@ -80,6 +81,8 @@ def move_messages(
             encoding = properties.pop("content_encoding", None) or "binary"
             properties.pop("delivery_mode", None)
             body = message.body if rewrite is None else rewrite(message.body, content_type)
+            if before_copy is not None:
+                before_copy(message)
             producer.publish(
                 body,
                 exchange=target.exchange,

@@ -11,6 +11,7 @@ from kombu import Queue
 from tests.support import wait_for
 from workflow_orchestrator.cli import cli
 from workflow_orchestrator.dead_letters import list_dead_letters
+from workflow_orchestrator.locking import locks_from_settings
 
 from .conftest import System
 
@@ -71,3 +72,29 @@ def test_a_replayed_message_that_had_given_up_gets_its_retries_again(system: Sys
     assert done["workflow_error"] is False
     assert f"Gave up on a message for workflow {wid}" not in system.orchestrator.log()
     assert system.dead_letters() == []
+
+
+def test_a_replayed_message_that_gave_up_on_redeliveries_counts_them_afresh(
+    system: System,
+) -> None:
+    """A message set aside after MAX_REDELIVERIES keeps its task id; the replay drops the
+    redeliveries the workers' lock store counted for it, or its next one would end it."""
+    system.dead_letters()
+    settings = system.settings
+    locks = locks_from_settings(settings)
+    wid = system.new_workflow(["build"])
+    task_id = str(uuid.uuid4())
+    for _ in range(settings.max_redeliveries + 1):  # as the worker counted them
+        locks.count_delivery(task_id)
+    system.caller.send_task(  # its dead letter
+        settings.orchestrate_task,
+        args=[{"id": wid}],
+        task_id=task_id,
+        queue=Queue(settings.error_queue_name, no_declare=True),
+    )
+    replayed = CliRunner().invoke(
+        cli, ["dead-letters", "replay", "--id", wid], env=settings.to_env()
+    )
+    assert replayed.exit_code == 0, replayed.output
+    system.wait_completed(wid)
+    assert locks.count_delivery(task_id) == 1  # the next redelivery is its first
