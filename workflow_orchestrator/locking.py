@@ -19,9 +19,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -132,6 +134,54 @@ def _write_over(fd: int, data: bytes, old_size: int) -> None:
         os.ftruncate(fd, len(data))
 
 
+def _read_memories(fd: int, workflow_id: str, path: str) -> tuple[dict[str, Any], int]:
+    """The memories a lock file holds (a JSON object of `name: [value, written at]`) and
+    its size. Anything after the object is ignored: a holder killed between writing a
+    shorter object over a longer one and cutting the file leaves the old tail behind."""
+    try:
+        size = os.fstat(fd).st_size
+        raw = _read_all(fd, size) if size else b""
+    except OSError as exc:
+        raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
+    try:
+        value, _ = json.JSONDecoder().raw_decode(raw.decode("ascii"))
+    except ValueError:  # empty (a lock file never written), or not ours
+        return {}, size
+    return (value if isinstance(value, dict) else {}), size
+
+
+class _HeldFile:
+    """A held lock file and the memories read from it when the lock was taken.
+
+    Every memory of a workflow lives in its lock file, read once per hold and written
+    through on each change: one open, one fstat and one read per transition instead of
+    an open, fstat, read and close per memory file."""
+
+    def __init__(self, fd: int, memories: dict[str, Any], size: int) -> None:
+        self.fd = fd
+        self.memories = memories
+        self.size = size
+
+    def fresh(self, name: str) -> str | None:
+        """The memory `name` when it was written within a day, else None."""
+        entry = self.memories.get(name)
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+            return None
+        written = entry[1]
+        if not isinstance(written, (int, float)):
+            return None
+        return entry[0] if time.time() - written < DELIVERY_MEMORY_SECONDS else None
+
+    def keep(self, workflow_id: str, name: str, value: str) -> None:
+        self.memories[name] = [value, round(time.time(), 3)]
+        data = json.dumps(self.memories, separators=(",", ":")).encode("ascii")
+        try:
+            _write_over(self.fd, data, self.size)
+        except OSError as exc:
+            raise LockUnavailable(workflow_id, f"cannot write its lock file: {exc}") from exc
+        self.size = len(data)
+
+
 class FileLocks:
     """``fcntl.flock`` locks under `directory`: threads and processes of one host.
 
@@ -139,12 +189,15 @@ class FileLocks:
     exclude two threads of it) is attached to the open file description; each
     acquisition opens the file anew, so two threads of one process exclude each other.
     The kernel drops the lock when the holder's descriptor closes, including when the
-    holder dies: a dead holder never blocks a workflow.
+    holder dies: a dead holder never blocks a workflow. What the orchestrator remembers
+    of a workflow (transition time, what was published, last dispatch) is kept in its
+    lock file, read once when the lock is taken (`_HeldFile`).
     """
 
     def __init__(self, directory: str, wait: float) -> None:
         self.directory = directory
         self.wait = wait
+        self._local = threading.local()
         os.makedirs(directory, mode=0o700, exist_ok=True)
 
     def path_for(self, workflow_id: str) -> str:
@@ -168,19 +221,38 @@ class FileLocks:
             raise LockUnavailable(workflow_id, f"cannot open lock file {path}: {exc}") from exc
         try:
             self._acquire(workflow_id, fd)
+            held = _HeldFile(fd, *_read_memories(fd, workflow_id, path))
         except BaseException:
             os.close(fd)
             raise
+        holding = self._holding()
+        holding[workflow_id] = held
         try:
             yield
         finally:
-            # The lock file is deliberately NOT deleted: another acquirer may already
-            # have opened this inode and would then lock a file nobody else can find,
-            # while a third opens a fresh file at the same path -> two holders.
-            try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
+            del holding[workflow_id]
+            # Closing the only descriptor of the open file drops the flock (no LOCK_UN
+            # call needed). The lock file is deliberately NOT deleted: another acquirer
+            # may already have opened this inode and would then lock a file nobody else
+            # can find, while a third opens a fresh file at the same path -> two holders.
+            os.close(fd)
+
+    def _holding(self) -> dict[str, _HeldFile]:
+        """The workflows this thread holds, with their open lock files."""
+        holding = getattr(self._local, "holding", None)
+        if holding is None:
+            holding = self._local.holding = {}
+        return holding
+
+    @contextmanager
+    def _held(self, workflow_id: str) -> Iterator[_HeldFile]:
+        """The held lock file of `workflow_id`; taken for the call when not held yet."""
+        held = self._holding().get(workflow_id)
+        if held is not None:
+            yield held
+            return
+        with self.hold(workflow_id):
+            yield self._holding()[workflow_id]
 
     def count_delivery(self, message_id: str) -> int:
         """A counter file per redelivered message, incremented under flock.
@@ -210,64 +282,21 @@ class FileLocks:
             pass  # never redelivered, or a day old and swept
 
     def transition_time(self, workflow_id: str, state: str, now: str) -> str:
-        """One small file per workflow beside its lock, holding `state now`."""
-        path = self.path_for(workflow_id)[: -len(".lock")] + ".time"
-        try:
-            fd = self._open(path)
-        except OSError as exc:
-            raise LockUnavailable(workflow_id, f"cannot open {path}: {exc}") from exc
-        try:
-            try:
-                info = os.fstat(fd)
-                remembered_state, _, remembered = (
-                    _read_all(fd, info.st_size).decode("utf-8", "replace").strip().partition(" ")
-                )
-                fresh = time.time() - info.st_mtime < DELIVERY_MEMORY_SECONDS
-            except OSError as exc:
-                raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
-            if remembered_state == state and remembered and fresh:
+        """Kept in the lock file as the memory ``time``: `state now`."""
+        with self._held(workflow_id) as held:
+            remembered_state, _, remembered = (held.fresh("time") or "").partition(" ")
+            if remembered_state == state and remembered:
                 return remembered
-            try:
-                _write_over(fd, f"{state} {now}".encode(), info.st_size)
-            except OSError as exc:
-                raise LockUnavailable(workflow_id, f"cannot write {path}: {exc}") from exc
+            held.keep(workflow_id, "time", f"{state} {now}")
             return now
-        finally:
-            os.close(fd)
-
-    def _memory_path(self, workflow_id: str, name: str) -> str:
-        return self.path_for(workflow_id)[: -len(".lock")] + f".{name}"
 
     def recall(self, workflow_id: str, name: str) -> str | None:
-        path = self._memory_path(workflow_id, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
-        try:
-            info = os.fstat(fd)
-            if time.time() - info.st_mtime >= DELIVERY_MEMORY_SECONDS:
-                return None
-            return _read_all(fd, info.st_size).decode("utf-8", "surrogateescape")
-        except OSError as exc:
-            raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
-        finally:
-            os.close(fd)
+        with self._held(workflow_id) as held:
+            return held.fresh(name)
 
     def remember(self, workflow_id: str, name: str, value: str) -> None:
-        path = self._memory_path(workflow_id, name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        try:
-            # Truncated on open, as a Python file opened with "w" is (what this replaces).
-            fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            try:
-                _write_over(fd, value.encode("utf-8", "surrogateescape"), 0)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise LockUnavailable(workflow_id, f"cannot write {path}: {exc}") from exc
+        with self._held(workflow_id) as held:
+            held.keep(workflow_id, name, value)
 
     def _acquire(self, workflow_id: str, fd: int) -> None:
         """Poll with LOCK_NB (a blocking flock cannot time out) with a little backoff."""
