@@ -390,7 +390,6 @@ def _control(
         workflow["workflow_completed"] = workflow["workflow_error"] = False
         workflow["workflow_duration"] = None
         run = _Run(workflow, now, topology, config, "")
-        run.appends_all = True
         run.log(f"{RETRY_LINE}{step} (requested by an operator)")
         run.run_key = run_key_of(workflow, str(wid))
         workflow["step_time"] = to_iso(now)
@@ -482,18 +481,16 @@ class _Run:
         self.run_key = run_key
         self.effects: list[Effect] = []
         self.summary = ""
-        #: A retried step writes its lines again, though the same text is in the log.
-        self.appends_all = False
         #: The workflow as the Manager stored it, for the values a failure must not
         #: overwrite (Failed.keep_stored).
         self.stored: Mapping[str, Any] = {}
 
     # -- the event log -------------------------------------------------------------
     def log(self, message: str, success: bool = True) -> None:
-        """Append a line (once, unless `appends_all`) and chat it."""
-        line = f"{event_prefix(self.workflow)} {message}"
-        if self.appends_all or line not in self.workflow["event_log"]:
-            self.workflow["event_log"].append(line)
+        """Append a line and chat it. Always appended, even when the same text is in the
+        log already (two milestones overridden to one exchange, a retried step failing
+        again for the same reason): only a message's log is merged in as a union."""
+        self.workflow["event_log"].append(f"{event_prefix(self.workflow)} {message}")
         self.effects.append(ChatNotification(chat_payload(self.workflow, message, success)))
 
     def _stamp(self) -> None:

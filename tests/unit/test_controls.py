@@ -165,6 +165,19 @@ def test_retry_runs_the_failed_step_again_with_new_ids() -> None:
     assert run(wf, retry, NOW + timedelta(minutes=11), last).outcome is Outcome.NOTHING
 
 
+def test_a_retried_step_failing_again_for_the_same_reason_logs_it_again() -> None:
+    saved, _, last = dispatched()
+    report = {"id": WID, "current_step": "build", "workflow_completed": True}
+    report["notifications_config"] = MAIL  # the echoed request carries it
+    failed = run(saved, {**report, "step_time": last["step_time"], "workflow_error": True})
+    retried = run(failed.workflow, {"id": WID, CONTROL_KEY: {"kind": "retry"}}, last=last)
+    (build, _) = [e for e in retried.effects if isinstance(e, WorkerRequest)]
+    again = run(retried.workflow, {**build.payload, **report, "workflow_error": True})
+    failure = "Workflow Milestone Failed: build.  Reason: Milestone worker has reported a failure"
+    assert lines(again).count(failure) == 2  # one per run, as each run wrote it
+    assert sum(line.startswith("Sending on_workflow_completed") for line in lines(again)) == 2
+
+
 def test_retry_of_a_workflow_that_failed_before_any_step_does_nothing() -> None:
     failed = run(stored_workflow(milestones=["teleport"]), {"id": WID})
     nothing = run(failed.workflow, {"id": WID, CONTROL_KEY: {"kind": "retry"}})

@@ -68,7 +68,10 @@ def test_each_milestone_once_in_order_and_completed(milestones: list[str]) -> No
         line.rsplit(": ", 1)[1] for line in log if line.startswith("Starting Workflow Milestone")
     ]
     assert started == milestones
-    assert len(log) == len(set(log))
+    # Every line a transition writes is appended; the only text two milestones can share
+    # is a dispatch to the same worker cluster (deploy, then deploy_oa).
+    repeated = {line for line in log if log.count(line) > 1}
+    assert all(line.startswith("Dispatching a deploy request") for line in repeated), repeated
     assert log[-1].startswith("Workflow completed in")
 
 
@@ -132,4 +135,7 @@ def test_any_order_duplicates_and_redeliveries_end_in_the_same_state(
     assert all(len(ids) == 1 for ids in ids_per_step.values()), ids_per_step
     for before, after in zip(saved_logs, saved_logs[1:], strict=False):
         assert after[: len(before)] == before  # the saved log never shrinks or reorders
-    assert len(store["event_log"]) == len(set(store["event_log"]))
+    # redeliveries and duplicate callbacks repeat no line: only what the in-order run
+    # repeats (a dispatch to the same cluster by deploy and deploy_oa) stands twice
+    log, ordered = store["event_log"], reference["event_log"]
+    assert len(log) - len(set(log)) == len(ordered) - len(set(ordered))

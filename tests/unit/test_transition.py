@@ -346,6 +346,24 @@ def test_build_override_exchange() -> None:
     assert request.payload["event_log"][-1].endswith("docker build cluster 123abc...")
 
 
+def test_an_override_line_written_twice_stands_twice() -> None:
+    """build and config overridden to one exchange write the same line: the contract
+    appends what a transition writes, it does not merge it as a union."""
+    topology = FakeTopology(modules={"5": ["builder"]})
+    override = "The Workflow request has overriden the default build messaging_exchange_id to 5"
+    first = run(
+        stored_workflow(milestones=["build", "config"]),
+        {"id": WID, "build_messaging_exchange_id": 5},
+        topology=topology,
+    )
+    assert lines(first).count(override) == 1
+    done = {"current_step": "build", "workflow_step_durations": {}}
+    second = run(saved(first), callback(first, **done), topology=topology, key="msg-2")
+    assert second.outcome is Outcome.APPLIED
+    assert lines(second).count(override) == 2
+    assert requests(second)[0].payload["event_log"].count(f"{PREFIX} {override}") == 2
+
+
 def test_build_override_without_builder_there() -> None:
     decision = run(
         stored_workflow(), {"id": WID, "build_messaging_exchange_id": 5}, topology=FakeTopology()
