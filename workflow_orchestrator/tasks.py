@@ -101,8 +101,11 @@ def process(
             )
         request = parse_request(payload)
     except InvalidRequest as exc:
+        # The event names the workflow when a field other than the id is wrong: the id
+        # was checked first, so it is usable then.
+        named = payload["id"] if exc.field not in (None, "id") else None
         _dead_letter(
-            rt, "invalid_message", f"{exc} ({describe_payload(payload)})", None, message_key
+            rt, "invalid_message", f"{exc} ({describe_payload(payload)})", named, message_key
         )
     workflow_id = request["id"]
 

@@ -103,9 +103,11 @@ def test_a_task_header_with_a_body_that_is_not_args_kwargs_embed(
 
 def test_an_invalid_message_names_the_field_and_is_dead_lettered_once(contract: Contract) -> None:
     """§9 invalid input; §6 `message_id` is the Celery task id, `workflow_id` null when
-    the id is not usable; the worker carries on."""
+    the id is not usable, the workflow's id when only another field is wrong; the worker
+    carries on."""
     contract.dead_letters()
-    task_id = contract.send({"id": str(uuid.uuid4()), "milestones": ["build", 7]})
+    workflow_id = str(uuid.uuid4())
+    task_id = contract.send({"id": workflow_id, "milestones": ["build", 7]})
     no_id = contract.send({"force_build": True})
     dead: list = []
     wait_for(lambda: dead.extend(contract.dead_letters()) or len(dead) >= 2, what="dead letters")
@@ -116,6 +118,10 @@ def test_an_invalid_message_names_the_field_and_is_dead_lettered_once(contract: 
     wait_for(lambda: events_for(contract, no_id), what="the system event")
     (event,) = events_for(contract, no_id)
     assert event["data"]["kind"] == "invalid_message" and event["data"]["workflow_id"] is None
+    wait_for(lambda: events_for(contract, task_id), what="the other system event")
+    (event,) = events_for(contract, task_id)  # its id is usable: the event names it
+    assert event["data"]["kind"] == "invalid_message"
+    assert event["data"]["workflow_id"] == workflow_id
 
 
 def test_a_dead_letter_keeps_the_message_properties(contract: Contract) -> None:
