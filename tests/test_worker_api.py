@@ -574,6 +574,7 @@ def test_save_and_register_read_the_manager_from_the_environment(
             "OAUTH_CLIENT_ID": CLIENT_ID,
             "OAUTH_CLIENT_SECRET": CLIENT_SECRET,
             "EXCHANGE_ID": "2",
+            "MODULE_HEARTBEAT_SECONDS": "0.2",
         }.items():
             monkeypatch.setenv(name, value)
         peer = Celery("wo-test-env", set_as_current=False)
@@ -583,8 +584,10 @@ def test_save_and_register_read_the_manager_from_the_environment(
             workflow_id = emulator.add_workflow({"milestones": ["build"]})
             save({**request_, "id": workflow_id, "event_log": ["[OA][x] received"]})
             assert emulator.get_workflow(workflow_id)["event_log"] == ["[OA][x] received"]
-            registration = register("builder", hostname="env-builder", interval=60)
-            wait_for(lambda: emulator.modules("2"), what="the module record")
+            registration = register("builder", hostname="env-builder")
+            assert registration.interval == 0.2  # MODULE_HEARTBEAT_SECONDS
+            beats = "POST /messaging/exchanges/{id}/modules"
+            wait_for(lambda: emulator.counters().get(beats, 0) >= 3, what="heartbeats")
             registration.stop()
             assert emulator.counters().get("POST /oauth/token") == 1  # one client, one token
         finally:

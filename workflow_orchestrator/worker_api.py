@@ -443,7 +443,13 @@ def register(*args: Any, **options: Any) -> ModuleRegistration:
     """`register(module_type)`: register this worker's module (e.g. `builder`) and keep it
     alive with a heartbeat; `.stop()` at exit. Also `register(manager, exchange_id,
     module_type)`; otherwise `manager=` and `exchange_id=` default to a client made from
-    the environment and its EXCHANGE_ID."""
+    the environment and its EXCHANGE_ID. The heartbeat interval is `interval=`, else
+    MODULE_HEARTBEAT_SECONDS as the orchestrator reads it (default 30)."""
+    if "interval" not in options:
+        seconds = setting_reader()("MODULE_HEARTBEAT_SECONDS", float)
+        if seconds <= 0:
+            raise SettingsError("MODULE_HEARTBEAT_SECONDS", f"must be positive, got {seconds}")
+        options["interval"] = seconds
     if len(args) == 3:
         manager, exchange_id, module_type = args
     elif len(args) == 1:
