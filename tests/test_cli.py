@@ -37,7 +37,7 @@ from tests.support import (
     system_settings,
     wait_registered,
 )
-from workflow_orchestrator.cli import LiveLine, cli, follow
+from workflow_orchestrator.cli import LiveLine, cancel_shown, cli, follow
 from workflow_orchestrator.demo_system import Inbox, peer_queues, register_demo_workers
 from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.errors import ManagerNotFound, ManagerTransientError
@@ -836,3 +836,22 @@ def test_a_retried_running_step_shows_no_duration_of_the_failed_run() -> None:
     )
     assert view["state"] == "running"
     assert re.search(r"^  build   running$", render_status(view), re.M)
+
+
+def test_cancel_is_shown_only_by_a_cancel_line_of_its_own() -> None:
+    """A workflow cancelled once, retried, then failing by itself before a second cancel
+    applies: its old cancel line does not make the second cancel look done."""
+    old = (
+        f"[OA][{'x' * 8}][repo] Workflow Milestone Failed: build.  Reason: Cancelled by an operator"
+    )
+    running = {"workflow_completed": False, "event_log": [old]}
+    failed_by_itself = {
+        "workflow_completed": True,
+        "workflow_error": True,
+        "event_log": [old, "[OA][x][repo] Workflow Milestone Failed: build.  Reason: boom"],
+    }
+    cancelled = {**failed_by_itself, "event_log": [*failed_by_itself["event_log"], old + ": now"]}
+    assert cancel_shown(1, running) is None  # not yet
+    assert cancel_shown(1, failed_by_itself) is False  # completed without this cancel
+    assert cancel_shown(1, cancelled) is True
+    assert cancel_shown(0, {"workflow_completed": True, "event_log": []}) is False

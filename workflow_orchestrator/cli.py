@@ -335,12 +335,13 @@ def _send_control(
     ctx: click.Context,
     workflow_id: str,
     send: Callable[..., str],
-    shown: Callable[[dict[str, Any]], bool],
+    shown: Callable[[dict[str, Any]], bool | None],
     timeout: float,
     **options: Any,
 ) -> None:
-    """Send a control, wait (with a progress line) until the Manager shows its effect,
-    print the workflow's state."""
+    """Send a control, wait (with a progress line) until the Manager shows its effect
+    (`shown` True), print the workflow's state. `shown` False: the workflow reached a
+    state where the control can no longer act, so nothing was done (exit 1)."""
     from .worker_api import worker_app
 
     settings = _state(ctx).load()
@@ -364,8 +365,16 @@ def _send_control(
     deadline = time.monotonic() + timeout
     while True:
         workflow = _get_workflow(settings, workflow_id)
-        if shown(workflow):
-            click.echo(render_status(describe_workflow(workflow)))
+        outcome = shown(workflow)
+        if outcome is not None:
+            view = describe_workflow(workflow)
+            if not outcome:
+                click.echo(
+                    f"workflow {workflow_id} completed before the orchestrator applied it "
+                    f"({state_text(view)}): nothing done"
+                )
+                ctx.exit(EXIT_FAILED)
+            click.echo(render_status(view))
             ctx.exit(EXIT_OK)
         if time.monotonic() > deadline:
             raise CliError(
@@ -377,6 +386,15 @@ def _send_control(
 
 def _log_count(workflow: dict[str, Any], text: str) -> int:
     return sum(1 for line in workflow.get("event_log") or [] if text in str(line))
+
+
+def cancel_shown(cancels_before: int, workflow: dict[str, Any]) -> bool | None:
+    """True once the Manager shows the cancel (completed, one more cancel line than the
+    workflow had when it was sent: an earlier run may have been cancelled too); False
+    when it completed without it (it failed or succeeded by itself first); None: not yet."""
+    if not workflow.get("workflow_completed"):
+        return None
+    return _log_count(workflow, CANCELLED_REASON) > cancels_before
 
 
 @cli.command(short_help="Fail a running workflow on an operator's word.")
@@ -397,11 +415,12 @@ def cancel(ctx: click.Context, workflow_id: str, reason: str | None, timeout: fl
             f"workflow {workflow_id} is already completed ({state_text(view)}): nothing to cancel"
         )
         ctx.exit(EXIT_FAILED)
+    before = _log_count(workflow, CANCELLED_REASON)
     _send_control(
         ctx,
         workflow_id,
         cancel_workflow,
-        lambda wf: bool(wf.get("workflow_completed")) and _log_count(wf, CANCELLED_REASON) > 0,
+        lambda wf: cancel_shown(before, wf),
         timeout,
         reason=reason,
     )
@@ -431,7 +450,7 @@ def retry(ctx: click.Context, workflow_id: str, timeout: float) -> None:
         ctx,
         workflow_id,
         retry_workflow,
-        lambda wf: _log_count(wf, "Retrying Workflow Milestone:") > before,
+        lambda wf: _log_count(wf, "Retrying Workflow Milestone:") > before or None,
         timeout,
     )
 
