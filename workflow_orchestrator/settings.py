@@ -118,7 +118,8 @@ def _port_or_none(value: str) -> int | None:
 _port_or_none.__name__ = "port"
 
 
-def _positive(name: str, value: float) -> float:
+def positive(name: str, value: float) -> float:
+    """`value` when it is above 0, else a SettingsError naming the setting."""
     if value <= 0:
         raise SettingsError(name, f"must be positive, got {value}")
     return value
@@ -328,29 +329,29 @@ def load_settings(config: Callable[..., Any] | None = None) -> Settings:
         error_queue_name=read("ERROR_QUEUE_NAME"),
         ui_url=read("UI_URL", lambda v: _url("UI_URL", v) if v else ""),
         celery_broker_url=read("CELERY_BROKER_URL"),
-        manager_connect_timeout=_positive(
+        manager_connect_timeout=positive(
             "MANAGER_CONNECT_TIMEOUT", read("MANAGER_CONNECT_TIMEOUT", float)
         ),
-        manager_read_timeout=_positive("MANAGER_READ_TIMEOUT", read("MANAGER_READ_TIMEOUT", float)),
+        manager_read_timeout=positive("MANAGER_READ_TIMEOUT", read("MANAGER_READ_TIMEOUT", float)),
         cluster_cache_seconds=read("CLUSTER_CACHE_SECONDS", float),
         module_cache_seconds=read("MODULE_CACHE_SECONDS", float),
         out_of_order_timeout=read("OUT_OF_ORDER_TIMEOUT", float),
-        out_of_order_retry_seconds=_positive(
+        out_of_order_retry_seconds=positive(
             "OUT_OF_ORDER_RETRY_SECONDS", read("OUT_OF_ORDER_RETRY_SECONDS", float)
         ),
         schedule_poll_seconds=int(
-            _positive("SCHEDULE_POLL_SECONDS", read("SCHEDULE_POLL_SECONDS", int))
+            positive("SCHEDULE_POLL_SECONDS", read("SCHEDULE_POLL_SECONDS", int))
         ),
-        retry_backoff_seconds=_positive(
+        retry_backoff_seconds=positive(
             "RETRY_BACKOFF_SECONDS", read("RETRY_BACKOFF_SECONDS", float)
         ),
-        retry_backoff_max=_positive("RETRY_BACKOFF_MAX", read("RETRY_BACKOFF_MAX", float)),
-        max_retries=int(_positive("MAX_RETRIES", read("MAX_RETRIES", int))),
-        max_redeliveries=int(_positive("MAX_REDELIVERIES", read("MAX_REDELIVERIES", int))),
+        retry_backoff_max=positive("RETRY_BACKOFF_MAX", read("RETRY_BACKOFF_MAX", float)),
+        max_retries=int(positive("MAX_RETRIES", read("MAX_RETRIES", int))),
+        max_redeliveries=int(positive("MAX_REDELIVERIES", read("MAX_REDELIVERIES", int))),
         lock_url=read("LOCK_URL"),
         lock_dir=read("LOCK_DIR"),
-        lock_timeout=_positive("LOCK_TIMEOUT", read("LOCK_TIMEOUT", float)),
-        lock_wait=_positive("LOCK_WAIT", read("LOCK_WAIT", float)),
+        lock_timeout=positive("LOCK_TIMEOUT", read("LOCK_TIMEOUT", float)),
+        lock_wait=positive("LOCK_WAIT", read("LOCK_WAIT", float)),
         hostname=read("HOSTNAME"),
         orchestrate_task=read("ORCHESTRATE_TASK"),
         builder_task=read("BUILDER_TASK"),
@@ -369,7 +370,7 @@ def load_settings(config: Callable[..., Any] | None = None) -> Settings:
         step_timeout_default=read(
             "STEP_TIMEOUT_DEFAULT", lambda v: parse_duration("STEP_TIMEOUT_DEFAULT", v)
         ),
-        module_heartbeat_seconds=_positive(
+        module_heartbeat_seconds=positive(
             "MODULE_HEARTBEAT_SECONDS", read("MODULE_HEARTBEAT_SECONDS", float)
         ),
         metrics_port=read("METRICS_PORT", _port_or_none),

@@ -32,7 +32,7 @@ from .manager import ManagerClient, fit_workload
 from .notifications import chat_note, room_names
 from .publisher import PUBLISH_RETRY_POLICY, describe
 from .queues import plain_queue
-from .settings import setting_reader
+from .settings import positive, setting_reader
 from .transition import CONTROL_KEY
 
 logger = logging.getLogger("workflow_orchestrator.worker_api")
@@ -447,9 +447,7 @@ def register(*args: Any, **options: Any) -> ModuleRegistration:
     MODULE_HEARTBEAT_SECONDS as the orchestrator reads it (default 30)."""
     if "interval" not in options:
         seconds = setting_reader()("MODULE_HEARTBEAT_SECONDS", float)
-        if seconds <= 0:
-            raise SettingsError("MODULE_HEARTBEAT_SECONDS", f"must be positive, got {seconds}")
-        options["interval"] = seconds
+        options["interval"] = positive("MODULE_HEARTBEAT_SECONDS", seconds)
     if len(args) == 3:
         manager, exchange_id, module_type = args
     elif len(args) == 1:
