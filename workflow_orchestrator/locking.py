@@ -260,9 +260,9 @@ class FileLocks:
         Only redelivered messages get one, and a day-old file is stale, so the folder
         stays small; a crash-looping message is long dead-lettered by then.
         """
-        folder = os.path.join(self.directory, "deliveries")
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        fd = self._open(os.path.join(folder, lock_file_name(message_id)))
+        path = self._delivery_path(message_id)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = self._open(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             stale = time.time() - os.fstat(fd).st_mtime > DELIVERY_MEMORY_SECONDS
@@ -274,10 +274,12 @@ class FileLocks:
         finally:
             os.close(fd)
 
+    def _delivery_path(self, message_id: str) -> str:
+        return os.path.join(self.directory, "deliveries", lock_file_name(message_id))
+
     def forget_deliveries(self, message_id: str) -> None:
-        path = os.path.join(self.directory, "deliveries", lock_file_name(message_id))
         try:
-            os.unlink(path)
+            os.unlink(self._delivery_path(message_id))
         except FileNotFoundError:
             pass  # never redelivered, or a day old and swept
 
@@ -349,30 +351,35 @@ class RedisLocks:
             password = None
         return text.replace(password, "***") if password else text
 
+    def _unavailable(self, key_id: str, exc: Exception) -> LockUnavailable:
+        """A Redis failure as the error every lock call raises, without the password."""
+        problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
+        return LockUnavailable(key_id, self._scrub(problem))
+
+    def _delivery_key(self, message_id: str) -> bytes:
+        return (REDIS_DELIVERY_PREFIX + message_id).encode("utf-8", "surrogatepass")
+
     def count_delivery(self, message_id: str) -> int:
         """INCR a per-message counter that expires after a day."""
         from redis.exceptions import RedisError
 
-        key = (REDIS_DELIVERY_PREFIX + message_id).encode("utf-8", "surrogatepass")
+        key = self._delivery_key(message_id)
         try:
             pipe = self.client.pipeline()
             pipe.incr(key)
             pipe.expire(key, int(DELIVERY_MEMORY_SECONDS))
             count, _ = pipe.execute()
         except RedisError as exc:
-            problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
-            raise LockUnavailable(message_id, self._scrub(problem)) from None
+            raise self._unavailable(message_id, exc) from None
         return int(count)
 
     def forget_deliveries(self, message_id: str) -> None:
         from redis.exceptions import RedisError
 
-        key = (REDIS_DELIVERY_PREFIX + message_id).encode("utf-8", "surrogatepass")
         try:
-            self.client.delete(key)
+            self.client.delete(self._delivery_key(message_id))
         except RedisError as exc:
-            problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
-            raise LockUnavailable(message_id, self._scrub(problem)) from None
+            raise self._unavailable(message_id, exc) from None
 
     def transition_time(self, workflow_id: str, state: str, now: str) -> str:
         from redis.exceptions import RedisError
@@ -386,8 +393,7 @@ class RedisLocks:
                     return remembered
             self.client.set(key, f"{state} {now}", ex=int(DELIVERY_MEMORY_SECONDS))
         except RedisError as exc:
-            problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
-            raise LockUnavailable(workflow_id, self._scrub(problem)) from None
+            raise self._unavailable(workflow_id, exc) from None
         return now
 
     def _memory_key(self, workflow_id: str, name: str) -> bytes:
@@ -399,8 +405,7 @@ class RedisLocks:
         try:
             raw = self.client.get(self._memory_key(workflow_id, name))
         except RedisError as exc:
-            problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
-            raise LockUnavailable(workflow_id, self._scrub(problem)) from None
+            raise self._unavailable(workflow_id, exc) from None
         return None if raw is None else raw.decode("utf-8", "surrogatepass")
 
     def remember(self, workflow_id: str, name: str, value: str) -> None:
@@ -412,8 +417,7 @@ class RedisLocks:
                 key, value.encode("utf-8", "surrogatepass"), ex=int(DELIVERY_MEMORY_SECONDS)
             )
         except RedisError as exc:
-            problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
-            raise LockUnavailable(workflow_id, self._scrub(problem)) from None
+            raise self._unavailable(workflow_id, exc) from None
 
     @contextmanager
     def hold(self, workflow_id: str) -> Iterator[None]:
@@ -429,8 +433,7 @@ class RedisLocks:
         try:
             acquired = lock.acquire()
         except RedisError as exc:
-            problem = f"Redis at {redact_url(self.url)} failed: {type(exc).__name__}: {exc}"
-            raise LockUnavailable(workflow_id, self._scrub(problem)) from None
+            raise self._unavailable(workflow_id, exc) from None
         if not acquired:
             raise LockTimeout(workflow_id, self.wait)
         try:
