@@ -139,7 +139,8 @@ class System(WorkflowsView):
 
     def events(self, workflow_id: str) -> list[str]:
         prefix = "] "
-        return [line.split(prefix, 1)[1] for line in self.workflow(workflow_id)["event_log"]]
+        log = self.workflow(workflow_id)["event_log"] or []  # null until the first save
+        return [line.split(prefix, 1)[1] for line in log]
 
     def dead_letters(self) -> list[Any]:
         """Drain the dead-letter queue; returns the raw kombu messages' bodies."""
