@@ -7,6 +7,7 @@ and none of them mutates a global one. Importing this module creates nothing.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from typing import Any
@@ -63,10 +64,21 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
+def module_settings(name: str) -> dict[str, Any]:
+    """A settings module's settings as a plain dict.
+
+    Not `config_from_object`: Celery would keep the module behind a wrapper that every
+    setting read falls through (a getattr that fails and a KeyError, for each of the
+    dozen settings a `send_task` reads that only the defaults hold).
+    """
+    module = importlib.import_module(name)
+    return {k: v for k, v in vars(module).items() if k.islower() and not k.startswith("_")}
+
+
 def create_app(settings: Settings, **celery_options: Any) -> OrchestratorApp:
     """The orchestrator's Celery app for these settings."""
     app = OrchestratorApp(settings, log=OrchestratorLogging, **celery_options)
-    app.config_from_object("celeryconfig")
+    app.conf.update(module_settings("celeryconfig"))
     app.conf.update(celery_settings(settings))
     register_tasks(app)
     install_consumer(app)
