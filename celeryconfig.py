@@ -29,8 +29,11 @@ result_serializer = "json"
 accept_content = ["json"]
 event_serializer = "json"
 
-# Every publish waits for the broker's confirm.
-broker_transport_options = {"confirm_publish": True}
+# Every publish waits for the broker's confirm, at most 10 s: a blocking read of a
+# connection's socket gives up then (py-amqp's read_timeout: SO_RCVTIMEO, set once per
+# connection; a per-publish confirm_timeout switches the socket's mode around every
+# confirm instead). The consumer reads without blocking, from the event loop.
+broker_transport_options = {"confirm_publish": True, "read_timeout": 10.0}
 broker_connection_retry_on_startup = True
 broker_heartbeat = 30
 

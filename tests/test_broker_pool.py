@@ -26,6 +26,7 @@ import pytest
 from celery import Celery
 from kombu import Connection, Exchange, Queue
 
+from tests.relay import StallingRelay
 from tests.services import RabbitVhosts, Vhost
 from tests.support import in_process_worker, wait_for
 from workflow_orchestrator.broker_pool import BrokerPublisher
@@ -356,6 +357,86 @@ def test_a_publish_the_broker_does_not_confirm_fails_over(setup: Setup, brokers:
     assert setup.failed == ["20"]
     assert [celery_task(m)[1] for m in brokers.west.get_all(queue)] == ["t-nacked"]
     assert brokers.east.queues()[queue] == 0
+
+
+def test_a_publish_whose_confirm_never_comes_fails_over_after_the_confirm_timeout(
+    app: Celery, brokers: Brokers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bound is the pooled connection's read timeout: the relay passes the publish
+    on and drops the broker's confirm."""
+    caplog.set_level(logging.WARNING)
+    queue = "wo_unconfirmed"
+    failed: list[str] = []
+    with StallingRelay() as relay:
+        registry = Registry()
+        registry.restrict("2", "20")
+        registry.add("20", brokers.east.row(port=relay.port), failover="30")
+        registry.add("30", brokers.west.row())
+        resolver = BrokerResolver(registry, OWN_EXCHANGE, OWN_BROKER, brokers.own.url)
+        publisher = BrokerPublisher(
+            app, connect_timeout=2, confirm_timeout=1, on_broker_failure=failed.append
+        )
+        try:
+            route = resolver.resolve("2", KEY)
+            first = publisher.publish(route, "builder.build", queue, payload(), task_id="u-1")
+            assert first.broker_id == "20"
+            relay.stall()
+            endpoint = publisher.publish(route, "builder.build", queue, payload(), task_id="u-2")
+        finally:
+            publisher.close()
+
+    assert endpoint.broker_id == "30"
+    assert failed == ["20"]
+    assert relay.dropped > 0  # the broker answered; its answer never arrived
+    assert "publishing builder.build (task id u-2) to broker 20" in caplog.text
+    assert [celery_task(m)[1] for m in brokers.west.get_all(queue)] == ["u-2"]
+    # Broker 20 took the unconfirmed copy as well: at least once, never lost.
+    assert sorted(celery_task(m)[1] for m in brokers.east.get_all(queue)) == ["u-1", "u-2"]
+
+
+@pytest.mark.parametrize(
+    ("transport_options", "confirm_timeout"),
+    [
+        # celeryconfig.py: the bound is the connections' read timeout; the publisher's
+        # confirm_timeout (an hour here) is not used for the own broker.
+        ({"confirm_publish": True, "read_timeout": 1.0}, 3600),
+        # an app without one: confirm_timeout on each publish.
+        ({"confirm_publish": True}, 1),
+    ],
+    ids=["read_timeout", "confirm_timeout"],
+)
+def test_an_own_publish_whose_confirm_never_comes_is_a_publish_error(
+    brokers: Brokers, transport_options: dict[str, Any], confirm_timeout: float
+) -> None:
+    queue = f"wo_own_unconfirmed_{confirm_timeout}"
+    with StallingRelay() as relay:
+        url = connection_endpoint("1", brokers.own.row(port=relay.port)).url
+        own = Celery(f"wo-test-stalled-{SUFFIX}", broker=url, set_as_current=False)
+        own.conf.update(
+            broker_transport_options=transport_options,
+            task_serializer="json",
+            accept_content=["json"],
+            broker_connection_timeout=2,
+        )
+        resolver = BrokerResolver(Registry(), OWN_EXCHANGE, OWN_BROKER, url)
+        retry = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1}
+        publisher = BrokerPublisher(own, confirm_timeout=confirm_timeout, own_retry_policy=retry)
+        route = resolver.own_route()
+        try:
+            publisher.publish(route, "notifications.hipchat", queue, payload(), task_id="o-1")
+            relay.stall()
+            with pytest.raises(PublishError) as caught:
+                publisher.publish(route, "notifications.hipchat", queue, payload(), task_id="o-2")
+            relay.resume()
+            publisher.publish(route, "notifications.hipchat", queue, payload(), task_id="o-3")
+        finally:
+            publisher.close()
+            own.close()
+
+    assert "publishing notifications.hipchat (task id o-2)" in str(caught.value)
+    assert relay.dropped > 0
+    ids = [celery_task(m)[1] for m in brokers.own.get_all(queue)]
+    assert ids[0] == "o-1" and ids[-1] == "o-3" and "o-2" in ids
 
 
 def test_no_broker_works_is_a_publish_error_naming_them_without_passwords(

@@ -12,6 +12,13 @@ declaration, or when it does not confirm (nack, or no confirm within
 ``confirm_timeout``). A pooled connection found dead costs one reconnect, not the
 request. When no endpoint works, ``PublishError`` (transient: the task retries it).
 
+The confirm timeout is the connection's read timeout (py-amqp's ``read_timeout``, the
+socket's ``SO_RCVTIMEO``, set once when it connects): a publish's ``confirm_timeout``
+would switch the socket to timeout mode and back around every confirm, 4 system calls
+per publish, each a hand-over of the GIL among the pool's threads. The own broker's
+connections take it from ``broker_transport_options`` (celeryconfig.py); an app
+without one gets ``confirm_timeout`` on each publish instead.
+
 Passwords: endpoint URLs are used only to connect. Logs and errors name an endpoint by
 ``broker {id} host:port/vhost``, and exception texts are scrubbed before they are shown.
 """
@@ -83,11 +90,14 @@ def describe_failure(exc: BaseException, secrets: list[str]) -> str:
 class _UrlPool:
     """At most ``limit`` connections to one URL, each used by one thread at a time."""
 
-    def __init__(self, endpoint: Endpoint, limit: int, connect_timeout: float) -> None:
+    def __init__(
+        self, endpoint: Endpoint, limit: int, connect_timeout: float, confirm_timeout: float
+    ) -> None:
         self.display = endpoint.display.split(" ", 2)[-1]
         self._url = endpoint.url
         self.limit = limit
         self.connect_timeout = connect_timeout
+        self.confirm_timeout = confirm_timeout
         self._slots = threading.BoundedSemaphore(limit)
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
@@ -103,7 +113,7 @@ class _UrlPool:
             self._url,
             connect_timeout=self.connect_timeout,
             heartbeat=0,
-            transport_options={"confirm_publish": True},
+            transport_options={"confirm_publish": True, "read_timeout": self.confirm_timeout},
         )
 
     @contextlib.contextmanager
@@ -218,7 +228,6 @@ class BrokerPublisher:
             "task_id": task_id,
             "argsrepr": argsrepr,
             "countdown": countdown,
-            "confirm_timeout": self.confirm_timeout,
         }
         failures: list[str] = []
         for endpoint in route.endpoints:
@@ -285,12 +294,16 @@ class BrokerPublisher:
         with self._lock:
             pool = self._pools.get(endpoint.url)
             if pool is None:
-                pool = _UrlPool(endpoint, self.pool_limit, self.connect_timeout)
+                pool = _UrlPool(
+                    endpoint, self.pool_limit, self.connect_timeout, self.confirm_timeout
+                )
                 self._pools[endpoint.url] = pool
             return pool
 
     def _publish_own(self, task: str, message: dict[str, Any]) -> None:
         """The app's own pool; confirms come from its ``broker_transport_options``."""
+        if not (self.app.conf.broker_transport_options or {}).get("read_timeout"):
+            message = {**message, "confirm_timeout": self.confirm_timeout}
         self.app.send_task(task, retry=True, retry_policy=self.own_retry_policy, **message)
 
     def _publish_remote(self, endpoint: Endpoint, task: str, message: dict[str, Any]) -> None:
