@@ -36,6 +36,9 @@ class OrchestratorApp(Celery):
     @property
     def runtime(self) -> Runtime:
         """The process's runtime; a prefork child builds its own (no inherited sockets)."""
+        runtime = self._runtime
+        if runtime is not None and self._runtime_pid == os.getpid():
+            return runtime  # built: no lock for the pool's threads to queue on per task
         with self._runtime_lock:
             if self._runtime is None or self._runtime_pid != os.getpid():
                 self._runtime = build_runtime(self, self.settings)
