@@ -495,9 +495,11 @@ class ManagerClient:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         data = None if body is None else json.dumps(body).encode("utf-8")
+        # The label is worked out only when a span will carry it.
+        label = call_label(call) if self.tracing.enabled else ""
         started = time.perf_counter()
         try:
-            with self.tracing.span(f"manager {call_label(call)}", manager_call=call_label(call)):
+            with self.tracing.span(f"manager {label}", manager_call=label):
                 response = self._session.request(
                     method,
                     self.base_url + path,
