@@ -412,16 +412,31 @@ def test_redis_transition_time(redis_url: str) -> None:
     check_transition_time(locks)
 
 
+def test_redis_memories_written_together_are_read_by_the_next_holder(redis_url: str) -> None:
+    wid = f"wf-{uuid.uuid4()}"
+    first = RedisLocks(redis_url, timeout=5, wait=1)
+    with first.hold(wid):
+        first.remember(wid, {"published": "state-a t1", "dispatch": '{"step": "build"}'})
+    second = RedisLocks(redis_url, timeout=5, wait=1)
+    with second.hold(wid):
+        assert second.recall(wid, "published") == "state-a t1"
+        assert second.recall(wid, "dispatch") == '{"step": "build"}'
+        assert second.recall(wid, "other") is None
+    for name in ("published", "dispatch"):  # each forgotten after a day, like the files'
+        assert 0 < second.client.ttl(second._memory_key(wid, name)) <= 86400
+
+
 def test_file_memories_outlive_their_holder_in_the_lock_file(tmp_path: Path) -> None:
     """What one holder remembers, the next holder (another process, here another
     FileLocks on the same directory) reads; every memory is in the workflow's lock file."""
     wid = f"wf-{uuid.uuid4()}"
     first = FileLocks(str(tmp_path), wait=1)
     with first.hold(wid):
-        first.remember(wid, "published", "state-a t1 t2")
-        first.remember(wid, "dispatch", '{"step": "build"}')
+        first.remember(wid, {"published": "state-a t1 t2", "dispatch": '{"step": "build"}'})
         assert first.transition_time(wid, "state-a", "T0") == "T0"
-        first.remember(wid, "published", "state-a t1")  # shorter: written over, then cut
+        size = os.path.getsize(first.path_for(wid))
+        first.remember(wid, {"published": "state-a t1"})  # shorter: written over, padded
+        assert os.path.getsize(first.path_for(wid)) == size
     assert sorted(os.listdir(tmp_path)) == [os.path.basename(first.path_for(wid))]
     second = FileLocks(str(tmp_path), wait=1)
     with second.hold(wid):
@@ -437,7 +452,7 @@ def test_file_memories_survive_a_torn_write_and_expire_after_a_day(tmp_path: Pat
     wid = f"wf-{uuid.uuid4()}"
     path = Path(locks.path_for(wid))
     now = time.time()
-    # A holder killed between writing a shorter object over a longer one and cutting it.
+    # A tail after the object: padding, or what a version that cut the file left.
     path.write_text(f'{{"published":["s x",{now}]}}"dispatch":["a longer tail", 1]}}')
     assert locks.recall(wid, "published") == "s x"
     path.write_text(f'{{"published":["s x",{now - 86400 - 60}],"time":["s T",{now}]}}')
@@ -445,5 +460,5 @@ def test_file_memories_survive_a_torn_write_and_expire_after_a_day(tmp_path: Pat
     assert locks.transition_time(wid, "s", "T2") == "T"
     path.write_text("not ours")
     assert locks.recall(wid, "published") is None
-    locks.remember(wid, "published", "s y")  # written over whatever was there
+    locks.remember(wid, {"published": "s y"})  # written over whatever was there
     assert locks.recall(wid, "published") == "s y"

@@ -25,7 +25,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -93,8 +93,9 @@ class WorkflowLocks(Protocol):
         """What was remembered under `name` for this workflow (within a day), or None."""
         ...
 
-    def remember(self, workflow_id: str, name: str, value: str) -> None:
-        """Keep `value` under `name` for this workflow; called holding its lock."""
+    def remember(self, workflow_id: str, memories: Mapping[str, str]) -> None:
+        """Keep each value under its name for this workflow, in one write; called
+        holding its lock."""
         ...
 
 
@@ -122,22 +123,23 @@ def _read_all(fd: int, size: int) -> bytes:
             return b"".join(chunks)
 
 
-def _write_over(fd: int, data: bytes, old_size: int) -> None:
-    """Replace an open file's content of `old_size` bytes with `data`: written over the
-    old content, then cut to its length when it shrank, so the file is never seen empty
-    (plain os calls: a Python file object per small read or write costs several more
-    system calls)."""
+def _write_over(fd: int, data: bytes, old_size: int) -> int:
+    """Replace an open file's content of `old_size` bytes with `data`, padded with
+    spaces to the old size: written over in place, never cut, so the file is never
+    seen empty and a write costs one call (plain os calls: a Python file object per
+    small read or write costs several more). Returns the size written."""
+    if old_size > len(data):
+        data += b" " * (old_size - len(data))
     offset = 0
     while offset < len(data):
         offset += os.pwrite(fd, data[offset:], offset)
-    if old_size > len(data):
-        os.ftruncate(fd, len(data))
+    return len(data)
 
 
 def _read_memories(fd: int, workflow_id: str, path: str) -> tuple[dict[str, Any], int]:
     """The memories a lock file holds (a JSON object of `name: [value, written at]`) and
-    its size. Anything after the object is ignored: a holder killed between writing a
-    shorter object over a longer one and cutting the file leaves the old tail behind."""
+    its size. Anything after the object is ignored: the padding of a shorter object
+    written over a longer one, or a tail left by a version that cut the file."""
     try:
         size = os.fstat(fd).st_size
         raw = _read_all(fd, size) if size else b""
@@ -172,14 +174,15 @@ class _HeldFile:
             return None
         return entry[0] if time.time() - written < DELIVERY_MEMORY_SECONDS else None
 
-    def keep(self, workflow_id: str, name: str, value: str) -> None:
-        self.memories[name] = [value, round(time.time(), 3)]
+    def keep(self, workflow_id: str, memories: Mapping[str, str]) -> None:
+        written = round(time.time(), 3)
+        for name, value in memories.items():
+            self.memories[name] = [value, written]
         data = json.dumps(self.memories, separators=(",", ":")).encode("ascii")
         try:
-            _write_over(self.fd, data, self.size)
+            self.size = _write_over(self.fd, data, self.size)
         except OSError as exc:
             raise LockUnavailable(workflow_id, f"cannot write its lock file: {exc}") from exc
-        self.size = len(data)
 
 
 class FileLocks:
@@ -289,16 +292,16 @@ class FileLocks:
             remembered_state, _, remembered = (held.fresh("time") or "").partition(" ")
             if remembered_state == state and remembered:
                 return remembered
-            held.keep(workflow_id, "time", f"{state} {now}")
+            held.keep(workflow_id, {"time": f"{state} {now}"})
             return now
 
     def recall(self, workflow_id: str, name: str) -> str | None:
         with self._held(workflow_id) as held:
             return held.fresh(name)
 
-    def remember(self, workflow_id: str, name: str, value: str) -> None:
+    def remember(self, workflow_id: str, memories: Mapping[str, str]) -> None:
         with self._held(workflow_id) as held:
-            held.keep(workflow_id, name, value)
+            held.keep(workflow_id, memories)
 
     def _acquire(self, workflow_id: str, fd: int) -> None:
         """Poll with LOCK_NB (a blocking flock cannot time out) with a little backoff."""
@@ -408,14 +411,18 @@ class RedisLocks:
             raise self._unavailable(workflow_id, exc) from None
         return None if raw is None else raw.decode("utf-8", "surrogatepass")
 
-    def remember(self, workflow_id: str, name: str, value: str) -> None:
+    def remember(self, workflow_id: str, memories: Mapping[str, str]) -> None:
         from redis.exceptions import RedisError
 
-        key = self._memory_key(workflow_id, name)
         try:
-            self.client.set(
-                key, value.encode("utf-8", "surrogatepass"), ex=int(DELIVERY_MEMORY_SECONDS)
-            )
+            with self.client.pipeline(transaction=False) as pipe:  # one round trip
+                for name, value in memories.items():
+                    pipe.set(
+                        self._memory_key(workflow_id, name),
+                        value.encode("utf-8", "surrogatepass"),
+                        ex=int(DELIVERY_MEMORY_SECONDS),
+                    )
+                pipe.execute()
         except RedisError as exc:
             raise self._unavailable(workflow_id, exc) from None
 

@@ -272,11 +272,10 @@ def _last_dispatch(rt: Runtime, workflow_id: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _remember_dispatch(rt: Runtime, workflow_id: str, request: WorkerRequest) -> None:
+def _dispatch_record(request: WorkerRequest) -> str:
     """What a deadline, cancel or retry needs that the Manager does not store."""
     payload = request.payload
-    record = {"step": request.step, **{k: payload.get(k) for k in CARRIED_FIELDS}}
-    rt.locks.remember(workflow_id, "dispatch", json.dumps(record))
+    return json.dumps({"step": request.step, **{k: payload.get(k) for k in CARRIED_FIELDS}})
 
 
 def _publish_before_save(
@@ -295,14 +294,16 @@ def _publish_before_save(
                 effect.task_id,
             )
             continue
+        memories = {}
         if isinstance(effect, WorkerRequest):
             rt.publisher.worker_request(effect)
             if effect.queue != rt.settings.queue_name:  # a worker's step: remember its start
-                _remember_dispatch(rt, workflow_id, effect)
+                memories["dispatch"] = _dispatch_record(effect)
         elif isinstance(effect, EmailNotification):
             rt.publisher.email(effect, workflow_id)
         done.add(effect.task_id)
-        rt.locks.remember(workflow_id, "published", " ".join([state, *sorted(done)]))
+        memories["published"] = " ".join([state, *sorted(done)])
+        rt.locks.remember(workflow_id, memories)
 
 
 def _dead_letter(
