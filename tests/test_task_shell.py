@@ -66,9 +66,10 @@ class RecordingPublisher:
     emails: list[Any] = field(default_factory=list)
     chats: list[Any] = field(default_factory=list)
 
-    def worker_request(self, request: Any) -> None:
+    def worker_request(self, request: Any) -> str:
         self.manager.calls.append("publish")
         self.requests.append(request)
+        return f"on the test broker, task id {request.task_id}"
 
     def email(self, email: Any, workflow_id: str) -> None:
         self.manager.calls.append("email")
@@ -135,6 +136,21 @@ def test_the_worker_request_is_published_before_the_save_and_chats_after(shell: 
     assert "publish" not in shell.manager.calls[first_save:]
     assert shell.manager.calls[first_save + 1 :] == ["chat"] * len(shell.publisher.chats)
     assert shell.publisher.chats  # the start's lines were chatted
+
+
+def test_a_dispatching_transition_logs_one_line_saying_where_its_requests_went(
+    shell: Shell, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    shell.run({"id": WID})
+    ours = [r for r in caplog.records if r.name.startswith("workflow_orchestrator")]
+    (line,) = [r.getMessage() for r in ours if r.levelno >= logging.INFO]
+    request, deadline = shell.publisher.requests  # the build, then its deadline
+    assert line == (
+        f"workflow {WID}: dispatched build to {request.task}@{request.queue} "
+        f"(on the test broker, task id {request.task_id}; "
+        f"on the test broker, task id {deadline.task_id})"
+    )
 
 
 def test_a_failed_save_does_not_publish_the_request_again(shell: Shell) -> None:

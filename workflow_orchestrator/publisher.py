@@ -58,7 +58,9 @@ class Publisher:
         self.hipchat_task, self.hipchat_queue = hipchat
         self.email_task, self.email_queue = email
 
-    def worker_request(self, request: WorkerRequest) -> None:
+    def worker_request(self, request: WorkerRequest) -> str:
+        """Publish a worker request (or a deadline); return where it went, for the
+        transition's one log line."""
         payload = request.payload
         if CONTROL_KEY in payload and request.countdown:
             return self.deadline(request)
@@ -77,7 +79,7 @@ class Publisher:
             countdown=request.countdown,
             queue_arguments=mode,
         )
-        logger.info(
+        logger.debug(
             "dispatched %s to %s@%s on %s (task id %s)",
             request.step,
             request.task,
@@ -85,8 +87,9 @@ class Publisher:
             endpoint.display,
             request.task_id,
         )
+        return f"on {endpoint.display}, task id {request.task_id}"
 
-    def deadline(self, request: WorkerRequest) -> None:
+    def deadline(self, request: WorkerRequest) -> str:
         """Kept by the broker, not by a worker (a held ETA task would cost a prefetch slot
         and, after a reconnect, could stall the queue): the message waits in a TTL queue
         that dead-letters it back to the orchestration queue."""
@@ -106,12 +109,13 @@ class Publisher:
                 f"publishing the deadline of {request.step} (task id {request.task_id}) "
                 f"failed: {type(exc).__name__}"
             ) from None
-        logger.info(
+        logger.debug(
             "deadline of %s waits %s s (task id %s)",
             request.step,
             request.countdown,
             request.task_id,
         )
+        return f"its deadline waits {request.countdown} s, task id {request.task_id}"
 
     def email(self, email: EmailNotification, workflow_id: str) -> None:
         self.brokers.publish(

@@ -59,6 +59,14 @@ def test_build_then_deploy(system: System) -> None:
         ("builder.build", "build"),
         ("deployer.deploy", "deploy"),
     ]
+    # One log line per transition says where its requests went.
+    build_lines = [
+        line for line in system.orchestrator.log().splitlines() if f"task id {sent[0][1]}" in line
+    ]
+    assert len(build_lines) == 1, build_lines
+    assert f"workflow {wid}: dispatched build to builder.build@" in build_lines[0]
+    assert " (on broker 1 127.0.0.1:" in build_lines[0]
+    assert "; its deadline waits " in build_lines[0]
     build_request = sent[0][2]
     assert build_request["docker_build_etcd_token"] == "build-cluster-1"
     assert build_request["force_build"] is True
