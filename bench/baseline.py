@@ -51,7 +51,7 @@ from kombu import Exchange, Queue
 from workflow_orchestrator.manager import new_session
 from workflow_orchestrator.queues import orchestration_queue, wait_queue
 from workflow_orchestrator.transition import wait_seconds
-from workflow_orchestrator.workflow import WORKFLOW_FIELDS
+from workflow_orchestrator.workflow import REQUEST_FIELDS, WORKFLOW_FIELDS
 
 CONF: dict[str, Any] = json.loads(Path(os.environ["BENCH_BASELINE"]).read_text())
 QUEUE = CONF["queue"]
@@ -75,6 +75,17 @@ EVENT_LINES = {
 EMAIL_LINE = "Sending on_workflow_completed email notification to the following recipient(s): "
 PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 NEXT = {None: "build", "build": "deploy", "deploy": None}
+REQUEST_DEFAULTS: dict[str, Any] = dict.fromkeys(REQUEST_FIELDS)
+#: What every request carries so a worker can call back (§5): exchange 1, broker 1.
+ROUTING_FIELDS = {
+    **{
+        f"{kind}_{part}_id": "1"
+        for kind in ("notifications", "orchestration", "workflow_orchestration")
+        for part in ("exchange", "broker")
+    },
+    "orchestration_queue_name": QUEUE,
+}
+BUILD_CLUSTER = "build-cluster-1"  # the registry's one docker-build cluster (harness)
 STEP_TIMEOUT = float(CONF.get("step_timeout_seconds") or 0)
 #: The deadline's wait queue, as the orchestrator computes it (a power of two of seconds).
 DEADLINE_QUEUE = (
@@ -156,6 +167,9 @@ def _send(task: str, queue: str | Queue, payload: dict[str, Any]) -> None:
     app.send_task(
         task,
         args=[payload],
+        # Identifiers only, as the orchestrator shows in Flower (no secrets there), so
+        # neither side pays for Celery's default: a saferepr of the whole payload.
+        argsrepr=f"workflow={payload.get('id')} step={payload.get('current_step')}",
         queue=_plain(queue) if isinstance(queue, str) else queue,
         retry=True,
         retry_policy=PUBLISH_RETRY_POLICY,
@@ -209,13 +223,20 @@ def hop(payload: dict[str, Any]) -> str:
     else:
         peer = CONF["builder"] if nxt == "build" else CONF["deployer"]
         target, queue = peer["task"], peer["queue"]
+        # The contract's request (§5): the whole workflow and every request field of §2,
+        # nulls included, then the fields a worker calls back and notifies with.
         message = {
+            **REQUEST_DEFAULTS,
             **workflow,
             **{k: v for k, v in payload.items() if v is not None and k != "event_log"},
+            "workflow_id": workflow_id,
             "current_step": nxt,
             "step_time": now,
-            "orchestration_queue_name": QUEUE,
+            "workflow_start_time": payload.get("workflow_start_time") or now,
+            **ROUTING_FIELDS,
         }
+        if nxt == "build":
+            message["docker_build_etcd_token"] = BUILD_CLUSTER
         _send(target, queue, message)
         if CHATS and DEADLINE_QUEUE is not None:
             deadline = {
