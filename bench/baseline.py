@@ -50,7 +50,7 @@ from kombu import Exchange, Queue
 
 from workflow_orchestrator.manager import new_session
 from workflow_orchestrator.queues import orchestration_queue, wait_queue
-from workflow_orchestrator.transition import wait_seconds
+from workflow_orchestrator.transition import EngineConfig, wait_seconds
 from workflow_orchestrator.workflow import REQUEST_FIELDS, WORKFLOW_FIELDS
 
 CONF: dict[str, Any] = json.loads(Path(os.environ["BENCH_BASELINE"]).read_text())
@@ -77,14 +77,7 @@ PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step"
 NEXT = {None: "build", "build": "deploy", "deploy": None}
 REQUEST_DEFAULTS: dict[str, Any] = dict.fromkeys(REQUEST_FIELDS)
 #: What every request carries so a worker can call back (§5): exchange 1, broker 1.
-ROUTING_FIELDS = {
-    **{
-        f"{kind}_{part}_id": "1"
-        for kind in ("notifications", "orchestration", "workflow_orchestration")
-        for part in ("exchange", "broker")
-    },
-    "orchestration_queue_name": QUEUE,
-}
+ROUTING_FIELDS = EngineConfig(exchange_id="1", broker_id="1", queue_name=QUEUE).routing_fields()
 BUILD_CLUSTER = "build-cluster-1"  # the registry's one docker-build cluster (harness)
 STEP_TIMEOUT = float(CONF.get("step_timeout_seconds") or 0)
 #: The deadline's wait queue, as the orchestrator computes it (a power of two of seconds).

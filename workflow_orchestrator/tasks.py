@@ -245,11 +245,10 @@ def _transition(
     return decision.summary
 
 
-def _where(published: list[Any]) -> str:
+def _where(published: list[str]) -> str:
     """Where the transition's requests went, for its one log line (a line per publish
     as well cost a fifth of the worker's logging)."""
-    notes = [note for note in published if isinstance(note, str) and note]
-    return f" ({'; '.join(notes)})" if notes else ""
+    return f" ({'; '.join(published)})" if published else ""
 
 
 def _count_applied(
@@ -302,7 +301,7 @@ def _publish_before_save(
                 effect.task_id,
             )
             continue
-        memories = {}
+        memories: dict[str, str] = {}
         if isinstance(effect, WorkerRequest):
             published.append(rt.publisher.worker_request(effect))
             if effect.queue != rt.settings.queue_name:  # a worker's step: remember its start
