@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from workflow_orchestrator import locking
 from workflow_orchestrator.errors import OrchestratorError
 from workflow_orchestrator.locking import (
     FileLocks,
@@ -462,3 +463,23 @@ def test_file_memories_survive_a_torn_write_and_expire_after_a_day(tmp_path: Pat
     assert locks.recall(wid, "published") is None
     locks.remember(wid, {"published": "s y"})  # written over whatever was there
     assert locks.recall(wid, "published") == "s y"
+
+
+def test_file_memories_larger_than_one_read_are_read_whole(tmp_path: Path, monkeypatch) -> None:
+    """A lock file is read without an fstat to size the read: memories longer than one
+    read (and exactly one read long) come back whole."""
+    monkeypatch.setattr(locking, "_READ_SIZE", 64)
+    locks = FileLocks(str(tmp_path), wait=1)
+    wid = f"wf-{uuid.uuid4()}"
+    long_value = "x" * 500
+    with locks.hold(wid):
+        locks.remember(wid, {"dispatch": long_value})
+    with locks.hold(wid):
+        assert locks.recall(wid, "dispatch") == long_value
+    path = Path(locks.path_for(wid))
+    for size in (64, 128):  # a file that ends exactly at a read's end
+        now = time.time()
+        value = "y" * (size - len(f'{{"published":["",{now}]}}'))
+        path.write_text(f'{{"published":["{value}",{now}]}}')
+        assert path.stat().st_size == size
+        assert locks.recall(wid, "published") == value

@@ -47,6 +47,8 @@ _FIRST_SLEEP = 0.002
 _MAX_SLEEP = 0.05
 _BACKOFF = 1.5
 _HUMAN_PREFIX_LEN = 40
+#: Bytes asked for by each read of a lock file (one read unless it holds more).
+_READ_SIZE = 16384
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -110,16 +112,17 @@ def lock_file_name(workflow_id: str) -> str:
     return f"{prefix}-{digest}.lock" if prefix else f"{digest}.lock"
 
 
-def _read_all(fd: int, size: int) -> bytes:
-    """The whole content of an open file of `size` bytes (its fstat), read from its
-    start: one read unless the file grew meanwhile."""
+def _read_all(fd: int) -> bytes:
+    """The whole content of an open file, read from its start. No fstat to size the
+    read first: one read takes any file shorter than `_READ_SIZE` (a lock file's
+    memories are a few hundred bytes), and a short read is the end of the file."""
     chunks = []
     offset = 0
     while True:
-        chunk = os.pread(fd, size + 4096, offset)
+        chunk = os.pread(fd, _READ_SIZE, offset)
         chunks.append(chunk)
         offset += len(chunk)
-        if len(chunk) < size + 4096:
+        if len(chunk) < _READ_SIZE:
             return b"".join(chunks)
 
 
@@ -141,23 +144,22 @@ def _read_memories(fd: int, workflow_id: str, path: str) -> tuple[dict[str, Any]
     its size. Anything after the object is ignored: the padding of a shorter object
     written over a longer one, or a tail left by a version that cut the file."""
     try:
-        size = os.fstat(fd).st_size
-        raw = _read_all(fd, size) if size else b""
+        raw = _read_all(fd)
     except OSError as exc:
         raise LockUnavailable(workflow_id, f"cannot read {path}: {exc}") from exc
     try:
         value, _ = json.JSONDecoder().raw_decode(raw.decode("ascii"))
     except ValueError:  # empty (a lock file never written), or not ours
-        return {}, size
-    return (value if isinstance(value, dict) else {}), size
+        return {}, len(raw)
+    return (value if isinstance(value, dict) else {}), len(raw)
 
 
 class _HeldFile:
     """A held lock file and the memories read from it when the lock was taken.
 
     Every memory of a workflow lives in its lock file, read once per hold and written
-    through on each change: one open, one fstat and one read per transition instead of
-    an open, fstat, read and close per memory file."""
+    through on each change: one open and one read per transition instead of an open,
+    fstat, read and close per memory file."""
 
     def __init__(self, fd: int, memories: dict[str, Any], size: int) -> None:
         self.fd = fd
