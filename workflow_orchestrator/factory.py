@@ -20,6 +20,7 @@ from .queues import orchestration_queue
 from .runtime import Runtime, build_runtime
 from .settings import Settings
 from .startup import install_startup_steps
+from .task_events import install_batched_task_events
 from .tasks import register_tasks
 
 
@@ -86,4 +87,5 @@ def create_app(settings: Settings, **celery_options: Any) -> OrchestratorApp:
     register_tasks(app)
     install_consumer(app)
     install_startup_steps(app)
+    install_batched_task_events(app)
     return app
