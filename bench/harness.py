@@ -707,6 +707,7 @@ def run_interleaved(
     quiet_max_wait: float = 300.0,
     on_phase: Callable[[str, int, dict[str, Any]], None] | None = None,
     on_sample: Callable[[str], Callable[[dict[str, Any]], None]] | None = None,
+    before_phase: Callable[[str, int], None] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Start every worker once, warm each up (phase `{name}-warmup`), then measure the
     phases `{name}-{r}` round after round in the order given (A B, A B, ...), so a machine
@@ -714,7 +715,8 @@ def run_interleaved(
 
     The workers stay up between their phases, idle while another side is measured. Each
     side's RSS is read at boot, before its first measured phase and after its last one,
-    which gives the memory growth over all its measured transitions (`memory` below)."""
+    which gives the memory growth over all its measured transitions (`memory` below).
+    `before_phase(name, round)` runs just before each measured phase, `on_phase` after it."""
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in workers}
     try:
         for worker in workers.values():
@@ -732,6 +734,8 @@ def run_interleaved(
                 if quiet is not None:
                     wait_for_quiet(quiet, quiet_max_wait)
                 sample = on_sample(name) if on_sample else None
+                if before_phase:
+                    before_phase(name, r)
                 result = system.run_phase(f"{name}-{r}", worker, on_sample=sample)
                 result["rss_mb_at_boot"] = round(boot[name] / 2**20, 2)
                 results[name].append(result)

@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import CLK_TCK, BenchError, add_system_options, write_report  # noqa: E402
-from bench.harness import System  # noqa: E402
-from bench.measure import wait_for_quiet  # noqa: E402
+from bench.harness import System, run_interleaved  # noqa: E402
 
 SIDES = ("orchestrator", "floor")
 
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             system.add_phase(f"{side}-{r}", args.workflows, args.window, floor=side == "floor")
     extra = dict(item.split("=", 1) for item in args.env)
-    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+    rows: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     try:
         with system:
             system.start()
@@ -98,44 +96,43 @@ def main(argv: list[str] | None = None) -> int:
                 "orchestrator": system.orchestrator(args.pool, args.concurrency, extra_env=extra),
                 "floor": system.baseline(args.pool, args.concurrency, chats=True),
             }
-            try:
-                for worker in workers.values():
-                    worker.start()
-                for worker in workers.values():
-                    system.wait_ready(worker)
-                time.sleep(0.5)  # let the start-up (registration, token) finish
-                for side, worker in workers.items():
-                    system.run_phase(f"{side}-warmup", worker)
-                for r in range(args.rounds):
-                    for side, worker in workers.items():
-                        wait_for_quiet(0.15, 30.0)
-                        pid = worker.pid
-                        times, ctx = thread_times(pid), switches(pid)
-                        result = system.run_phase(f"{side}-{r}", worker)
-                        n = result["transitions"]
-                        row = split(pid, times, thread_times(pid), n)
-                        after = switches(pid)
-                        row["consumer_switches_voluntary"] = round((after[0] - ctx[0]) / n, 2)
-                        row["consumer_switches_involuntary"] = round((after[1] - ctx[1]) / n, 2)
-                        row["transitions_per_s"] = result["transitions_per_s"]
-                        runs[side].append(row)
-                        print(f"  round {r + 1}/{args.rounds} {side}: {row}", flush=True)
-            finally:
-                for worker in workers.values():
-                    worker.stop()
+            before: dict[str, Any] = {}
+
+            def read_before(side: str, r: int) -> None:
+                pid = workers[side].pid
+                before.update(pid=pid, times=thread_times(pid), ctx=switches(pid))
+
+            def read_after(side: str, r: int, result: dict[str, Any]) -> None:
+                pid, n = before["pid"], result["transitions"]
+                row = split(pid, before["times"], thread_times(pid), n)
+                after, ctx = switches(pid), before["ctx"]
+                row["consumer_switches_voluntary"] = round((after[0] - ctx[0]) / n, 2)
+                row["consumer_switches_involuntary"] = round((after[1] - ctx[1]) / n, 2)
+                row["transitions_per_s"] = result["transitions_per_s"]
+                rows[side].append(row)
+                print(f"  round {r + 1}/{args.rounds} {side}: {row}", flush=True)
+
+            run_interleaved(
+                system,
+                workers,
+                args.rounds,
+                quiet_max_wait=30.0,
+                before_phase=read_before,
+                on_phase=read_after,
+            )
     except BenchError as exc:
         print(f"thread split failed: {exc}", file=sys.stderr)
         return 2
-    keys = list(runs["orchestrator"][0])
+    keys = list(rows["orchestrator"][0])
     lines = ["| ms per transition (median) | orchestrator | contract floor |", "|---|---:|---:|"]
     for key in keys:
-        values = [statistics.median(row[key] for row in runs[side]) for side in SIDES]
+        values = [statistics.median(row[key] for row in rows[side]) for side in SIDES]
         lines.append(
             f"| {key.replace('_', ' ')} | " + " | ".join(f"{round(v, 3)}" for v in values) + " |"
         )
     table = "\n".join(lines)
     print(table)
-    out = write_report(args.json, {"runs": runs, "markdown": table})
+    out = write_report(args.json, {"runs": rows, "markdown": table})
     print(f"figures written to {out}")
     return 0
 
