@@ -656,3 +656,20 @@ def test_failure_texts_are_scrubbed_of_passwords() -> None:
     assert text.startswith("OSError: cannot reach")
     for secret in ("p@ss/w", "p%40ss%2Fw", "other"):
         assert secret not in text
+
+
+def test_each_queue_declaration_is_built_once_per_name_and_mode() -> None:
+    app = Celery(f"wo-test-queue-cache-{SUFFIX}", set_as_current=False)
+    publisher = BrokerPublisher(app)
+    plain = publisher.queue("builder_q", "none")
+    assert publisher.queue("builder_q", "none") is plain
+    openaperture = publisher.queue("builder_q", "openaperture")
+    assert openaperture is not plain
+    for mode, queue in (("none", plain), ("openaperture", openaperture)):
+        expected = worker_queue("builder_q", mode)
+        assert (queue.name, queue.queue_arguments, queue.exchange.name) == (
+            expected.name,
+            expected.queue_arguments,
+            expected.exchange.name,
+        )
+    assert publisher.queue("deployer_q", "none").name == "deployer_q"

@@ -13,6 +13,8 @@ import logging
 import uuid
 from typing import Any
 
+from kombu import Queue
+
 from .broker_pool import BrokerPublisher
 from .brokers import BrokerResolver
 from .choice import run_key
@@ -57,6 +59,15 @@ class Publisher:
         self.own_queue = own_queue
         self.hipchat_task, self.hipchat_queue = hipchat
         self.email_task, self.email_queue = email
+        #: The wait queue of each deadline length, built once (as `BrokerPublisher.queue`).
+        self._wait_queues: dict[int, Queue] = {}
+
+    def wait_queue(self, seconds: int) -> Queue:
+        """Where a deadline of `seconds` waits (`queues.wait_queue`), cached."""
+        queue = self._wait_queues.get(seconds)
+        if queue is None:
+            queue = self._wait_queues.setdefault(seconds, wait_queue(self.own_queue, seconds))
+        return queue
 
     def worker_request(self, request: WorkerRequest) -> str:
         """Publish a worker request (or a deadline); return where it went, for the
@@ -98,7 +109,7 @@ class Publisher:
             self.brokers.app.send_task(
                 request.task,
                 args=[request.payload],
-                queue=wait_queue(self.own_queue, request.countdown),
+                queue=self.wait_queue(request.countdown),
                 task_id=request.task_id,
                 argsrepr=describe(request.payload, "deadline"),
                 retry=True,
