@@ -30,7 +30,15 @@ def parse_instant(value: object) -> datetime | None:
             return datetime.fromtimestamp(value, tz=timezone.utc)
         except (OverflowError, OSError, ValueError):
             return None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
+        return None
+    try:  # the form the orchestrator writes (to_iso) parses as it is: the common case
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        pass
+    else:
+        return moment if moment.tzinfo is timezone.utc else _aware(moment)
+    if not value.strip():
         return None
     text = value.strip()
     try:
