@@ -32,7 +32,13 @@ from .milestones import (
     build_registry,
     check_milestones,
 )
-from .notifications import chat_payload, completion_email, completion_recipients, event_prefix
+from .notifications import (
+    chat_note,
+    completion_email,
+    completion_recipients,
+    event_prefix,
+    room_names,
+)
 from .timefmt import parse_instant, to_iso
 from .workflow import REQUEST_FIELDS, WORKFLOW_FIELDS, merge
 
@@ -490,8 +496,10 @@ class _Run:
         """Append a line and chat it. Always appended, even when the same text is in the
         log already (two milestones overridden to one exchange, a retried step failing
         again for the same reason): only a message's log is merged in as a union."""
-        self.workflow["event_log"].append(f"{event_prefix(self.workflow)} {message}")
-        self.effects.append(ChatNotification(chat_payload(self.workflow, message, success)))
+        prefix = event_prefix(self.workflow)
+        self.workflow["event_log"].append(f"{prefix} {message}")
+        note = chat_note(prefix, message, success, room_names(self.workflow))
+        self.effects.append(ChatNotification(note))
 
     def _stamp(self) -> None:
         wf = self.workflow
