@@ -490,6 +490,8 @@ class _Run:
         #: The workflow as the Manager stored it, for the values a failure must not
         #: overwrite (Failed.keep_stored).
         self.stored: Mapping[str, Any] = {}
+        #: What the last `_stamp` read and wrote: the same again needs no new stamp.
+        self._stamped: tuple[Any, ...] | None = None
 
     # -- the event log -------------------------------------------------------------
     def log(self, message: str, success: bool = True) -> None:
@@ -503,8 +505,17 @@ class _Run:
 
     def _stamp(self) -> None:
         wf = self.workflow
-        wf["elapsed_step_time"] = elapsed(wf.get("step_time"), self.now)
-        wf["elapsed_workflow_time"] = elapsed(wf.get("workflow_start_time"), self.now)
+        seen = (
+            wf.get("step_time"),
+            wf.get("workflow_start_time"),
+            wf.get("elapsed_step_time"),
+            wf.get("elapsed_workflow_time"),
+        )
+        if seen == self._stamped:  # a dispatch stamped it already, and nothing moved since
+            return
+        wf["elapsed_step_time"] = elapsed(seen[0], self.now)
+        wf["elapsed_workflow_time"] = elapsed(seen[1], self.now)
+        self._stamped = (*seen[:2], wf["elapsed_step_time"], wf["elapsed_workflow_time"])
 
     # -- the cases of docs/behaviour.md §3.4 -----------------------------------------
     def apply(self, message: dict[str, Any]) -> None:
