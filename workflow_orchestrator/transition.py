@@ -44,6 +44,7 @@ from .workflow import REQUEST_FIELDS, WORKFLOW_FIELDS, merge
 
 #: Namespace of every deterministic task id the orchestrator derives.
 TASK_ID_NAMESPACE = uuid.UUID("6f1c1f57-5b0e-4a59-9d2b-8f6e1c0a7d31")
+_NAMESPACE_BYTES = TASK_ID_NAMESPACE.bytes
 
 COMPLETED_STEP = "workflow_completed"
 WORKER_FAILURE = "Milestone worker has reported a failure"
@@ -152,8 +153,16 @@ class Decision:
 
 
 def derived_task_id(*parts: Any) -> str:
-    """A task id that is the same whenever its parts are (redelivery gives the same id)."""
-    return str(uuid.uuid5(TASK_ID_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+    """A task id that is the same whenever its parts are (redelivery gives the same id).
+
+    `str(uuid.uuid5(TASK_ID_NAMESPACE, name))`, written out: the digest's bytes with the
+    version and variant bits set, without building a `UUID` (2.5 ids per transition)."""
+    name = "\x1f".join(str(p) for p in parts).encode("utf-8")
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def state_fingerprint(stored: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,14 @@ import pytest
 
 from workflow_orchestrator.milestones import Target, build_registry
 from workflow_orchestrator.transition import (
+    TASK_ID_NAMESPACE,
     ChatNotification,
     Decision,
     EmailNotification,
     EngineConfig,
     Outcome,
     WorkerRequest,
+    derived_task_id,
     email_task_id,
     transition,
 )
@@ -756,3 +759,20 @@ def test_chats_carry_the_rooms_where_notifications_reads_them() -> None:
     plain = run(stored_workflow(), {"id": WID})
     chats = [e.payload for e in plain.effects if isinstance(e, ChatNotification)]
     assert all(c["room_names"] is None and "notifications" not in c for c in chats)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        (WID, "build", "request", "2026-01-01T00:00:00.000000+00:00"),
+        (WID, "on_workflow_completed"),
+        (WID, "on_workflow_completed", 2),
+        ("é\u00e9 ünïcode", None, 3.5),
+        (),
+    ],
+)
+def test_derived_task_ids_are_the_uuid5_of_their_parts(parts: tuple[object, ...]) -> None:
+    name = "\x1f".join(str(p) for p in parts)
+    expected = str(uuid.uuid5(TASK_ID_NAMESPACE, name))
+    assert derived_task_id(*parts) == expected
+    assert uuid.UUID(expected).version == 5
