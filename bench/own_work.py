@@ -8,12 +8,13 @@ Runs `tasks.process` on the benchmark's workflow (milestones build then deploy, 
 completion e-mail asked for, deadlines on), each workflow's three transitions in turn,
 with an in-memory Manager, a publisher that only records, the builder's and deployer's
 reports made as `worker_api.step_completed` makes them, real file locks in a temporary
-directory, and logging at INFO to nowhere. That is what the orchestrator does per transition beyond the I/O
-the contract floor does too (the publishes and the Manager calls, which cost the same
-per call on both sides: docs/performance.md). Prints microseconds of CPU (the thread's
-`time.thread_time`) per transition, the best of R repeats of N workflows.
+directory, and logging at INFO to nowhere. That is what the orchestrator does per
+transition beyond the I/O the contract floor does too (the publishes and the Manager
+calls, which cost the same per call on both sides: docs/performance.md). Prints
+microseconds of CPU (the thread's `time.thread_time`) per transition, the best of R
+repeats of N workflows.
 
-Single-threaded and warm, the figure repeats within a few percent on a busy machine,
+Single-threaded and warm, the figure repeats within about 1 % on a busy machine,
 where an A/B of the whole system (bench/compare.py) cannot resolve a change of a few
 percent; under the benchmark's load the same work costs several times more (8 threads
 and the other processes share 2 cores). `--tree` imports the package from another tree
