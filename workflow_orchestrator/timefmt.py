@@ -38,13 +38,15 @@ def parse_instant(value: object) -> datetime | None:
         pass
     else:
         return moment if moment.tzinfo is timezone.utc else _aware(moment)
-    if not value.strip():
-        return None
     text = value.strip()
-    try:
-        return _aware(datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
-        pass
+    if not text:
+        return None
+    iso = text.replace("Z", "+00:00")
+    if iso != value:  # the value as it is failed above; padded or with a Z, try again
+        try:
+            return _aware(datetime.fromisoformat(iso))
+        except ValueError:
+            pass
     try:
         return datetime.fromtimestamp(float(text), tz=timezone.utc)
     except (ValueError, OverflowError, OSError):
