@@ -65,7 +65,9 @@ def _kind(value: Any) -> str:
 
 
 def _check_type(name: str, value: Any, accepted: tuple[type, ...]) -> None:
-    if value is None:
+    # The usual case first: null, or exactly a type the field takes (a bool is not taken
+    # for an int this way, and a float still goes on to be checked for being finite).
+    if value is None or (type(value) in accepted and type(value) is not float):
         return
     ok = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
     if isinstance(value, float) and not math.isfinite(value):
@@ -106,12 +108,7 @@ def parse_request(payload: Any) -> dict[str, Any]:
         raise InvalidRequest("id", f"must be a UUID, got {workflow_id[:80]!r}") from None
     for name, accepted in _TYPES.items():
         if name in payload:
-            value = payload[name]
-            # The usual case first: null, or exactly a type the field takes (a bool is not
-            # taken for an int this way, and floats are checked for being finite below).
-            if value is None or (type(value) in accepted and type(value) is not float):
-                continue
-            _check_type(name, value, accepted)
+            _check_type(name, payload[name], accepted)
     _check_str_list("milestones", payload.get("milestones"))
     _check_str_list("event_log", payload.get("event_log"))
     durations = payload.get("workflow_step_durations") or {}
