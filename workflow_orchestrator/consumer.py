@@ -145,6 +145,19 @@ class DeadLetteringConsumer(Consumer):
 class OrchestrationRequest(Request):
     """A request whose message, when rejected for good, is dead-lettered, not dropped."""
 
+    def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        if not kwargs.get("decoded") and kwargs.get("body") is message.body:
+            # The consumer decoded the body already, to check its envelope (kombu keeps
+            # it). Stock Celery hands the raw body to the pool, whose thread decodes it
+            # a second time (22 us a report, one JSON object hook call per object).
+            try:
+                body = message.decode()
+            except Exception:  # noqa: BLE001 - Celery's own path says what is wrong
+                body = None
+            if isinstance(body, list) and len(body) == 3:
+                kwargs["body"], kwargs["decoded"] = body, True
+        super().__init__(message, *args, **kwargs)
+
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False):
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
