@@ -362,9 +362,12 @@ def test_no_password_in_route_repr(manager: FakeManager) -> None:
 
 
 def test_own_route_is_own_exchange_and_broker(manager: FakeManager) -> None:
-    route = resolver_for(manager).own_route()
+    resolver = resolver_for(manager)
+    route = resolver.own_route()
     assert (route.exchange_id, route.broker_id, route.own) == (OWN_EXCHANGE, OWN_BROKER, True)
     assert manager.calls == []
+    # Built once (3.7 own-broker publishes a transition): immutable, so shared.
+    assert resolver.own_route() is route
 
 
 def test_own_endpoint_display_of_a_failover_list() -> None:

@@ -261,6 +261,8 @@ class BrokerResolver:
         self.exchange_id = str(exchange_id)
         self.broker_id = str(broker_id)
         self._own = own_endpoint(self.broker_id, own_url)
+        #: Plain data that never changes: built once, not per chat, e-mail and deadline.
+        self._own_route = Route(self.exchange_id, self.broker_id, "own broker", (self._own,))
         self._cache = _TTLCache(cache_seconds, clock)
 
     def __repr__(self) -> str:
@@ -268,7 +270,7 @@ class BrokerResolver:
 
     def own_route(self) -> Route:
         """The own exchange and broker: notifications and ``scheduled`` (rule 7)."""
-        return Route(self.exchange_id, self.broker_id, "own broker", (self._own,))
+        return self._own_route
 
     def resolve(self, target_exchange_id: str | int | None, run_key: str) -> Route:
         """The route to ``target_exchange_id`` (None: the own exchange) for one run."""
