@@ -138,19 +138,29 @@ def test_the_worker_request_is_published_before_the_save_and_chats_after(shell: 
     assert shell.publisher.chats  # the start's lines were chatted
 
 
-def test_a_dispatching_transition_logs_one_line_saying_where_its_requests_went(
+def test_a_dispatching_transition_returns_its_line_saying_where_its_requests_went(
     shell: Shell, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The result is the transition's log line (Celery's `succeeded` line prints it);
+    the orchestrator logs nothing of its own at INFO on the way."""
     caplog.set_level(logging.DEBUG)
-    shell.run({"id": WID})
-    ours = [r for r in caplog.records if r.name.startswith("workflow_orchestrator")]
-    (line,) = [r.getMessage() for r in ours if r.levelno >= logging.INFO]
+    line = shell.run({"id": WID})
     request, deadline = shell.publisher.requests  # the build, then its deadline
     assert line == (
         f"workflow {WID}: dispatched build to {request.task}@{request.queue} "
         f"(on the test broker, task id {request.task_id}; "
         f"on the test broker, task id {deadline.task_id})"
     )
+    ours = [r for r in caplog.records if r.name.startswith("workflow_orchestrator")]
+    assert [r.getMessage() for r in ours if r.levelno >= logging.INFO] == []
+
+
+def test_a_transition_that_changes_nothing_says_so_in_its_result(shell: Shell) -> None:
+    shell.run({"id": WID})
+    request = shell.publisher.requests[0]
+    again = shell.run({"id": WID}, key="msg-2")  # the start, delivered twice
+    assert again.startswith(f"workflow {WID}: ignored a stale or duplicate message: ")
+    assert len(shell.publisher.requests) == 2 and shell.publisher.requests[0] is request
 
 
 def test_a_failed_save_does_not_publish_the_request_again(shell: Shell) -> None:

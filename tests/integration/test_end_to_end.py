@@ -59,11 +59,13 @@ def test_build_then_deploy(system: System) -> None:
         ("builder.build", "build"),
         ("deployer.deploy", "deploy"),
     ]
-    # One log line per transition says where its requests went.
+    # One log line per transition says where its requests went: Celery's `succeeded`
+    # line, whose result is what the transition did.
     build_lines = [
         line for line in system.orchestrator.log().splitlines() if f"task id {sent[0][1]}" in line
     ]
     assert len(build_lines) == 1, build_lines
+    assert " succeeded in " in build_lines[0]
     assert f"workflow {wid}: dispatched build to builder.build@" in build_lines[0]
     assert " (on broker 1 127.0.0.1:" in build_lines[0]
     assert "; its deadline waits " in build_lines[0]
