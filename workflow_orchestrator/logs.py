@@ -1,8 +1,9 @@
 """Log lines an operator can follow: each line of a transition names its workflow, step
 and task id (text or JSON, LOG_FORMAT).
 
-The ids live in a context variable set by the task for the length of one transition,
-and a filter copies them onto every record, so modules log normally and still carry them.
+The ids live in a context variable the task sets when it starts and clears once Celery
+has logged how it ended (its result is what the transition did), and a filter copies
+them onto every record, so modules log normally and still carry them.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from celery.app.log import Logging
@@ -28,15 +27,17 @@ TEXT_FORMAT = (
 )
 
 
-@contextmanager
-def transition_context(**fields: Any) -> Iterator[None]:
-    """Tag every log line inside the block with these ids (workflow_id, step, task_id)."""
-    merged = {**(_CONTEXT.get() or {}), **{k: str(v) for k, v in fields.items() if v is not None}}
-    token = _CONTEXT.set(merged)
-    try:
-        yield
-    finally:
-        _CONTEXT.reset(token)
+def begin_task_context(**fields: Any) -> None:
+    """Tag this thread's log lines with a task's ids until `end_task_context`: after the
+    task body returns, Celery logs its `succeeded` (or retry, or failure) line, which
+    says what the transition did and must carry the same ids. Nothing of an earlier
+    task's ids is kept."""
+    _CONTEXT.set({k: str(v) for k, v in fields.items() if v is not None})
+
+
+def end_task_context() -> None:
+    """This thread's lines carry no task's ids any more."""
+    _CONTEXT.set(None)
 
 
 class ContextFilter(logging.Filter):

@@ -28,7 +28,7 @@ from .errors import (
     PublishError,
 )
 from .locking import LockTimeout, LockUnavailable
-from .logs import transition_context
+from .logs import begin_task_context, end_task_context
 from .publisher import describe, message_event
 from .request import describe_payload, parse_request
 from .runtime import Runtime
@@ -326,6 +326,11 @@ class OrchestrateTask(Task):
 
     Request = "workflow_orchestrator.consumer:OrchestrationRequest"
 
+    def after_return(self, *args: Any, **kwargs: Any) -> None:
+        """After Celery has logged how the task ended (not called for a retry or a
+        reject: the thread's next task replaces the ids)."""
+        end_task_context()
+
 
 def orchestrate(
     self: Task,
@@ -339,12 +344,12 @@ def orchestrate(
     """Take one orchestration message (a workflow start or a worker's report)."""
     step = payload.get("current_step") if isinstance(payload, dict) else None
     workflow_id = payload.get("id") if isinstance(payload, dict) else None
+    # Kept after the body returns, for Celery's own line saying how the task ended (its
+    # result is what the transition did); OrchestrateTask.after_return clears it.
+    begin_task_context(workflow_id=workflow_id, step=step, task_id=self.request.id)
     try:
         runtime = self.app.runtime
-        with (
-            transition_context(workflow_id=workflow_id, step=step, task_id=self.request.id),
-            runtime.tracing.span("orchestrate", workflow_id=workflow_id, workflow_step=step),
-        ):
+        with runtime.tracing.span("orchestrate", workflow_id=workflow_id, workflow_step=step):
             return process(
                 runtime,
                 payload,

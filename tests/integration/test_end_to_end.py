@@ -66,6 +66,14 @@ def test_build_then_deploy(system: System) -> None:
     ]
     assert len(build_lines) == 1, build_lines
     assert " succeeded in " in build_lines[0]
+    # Celery's line carries the transition's ids like the orchestrator's own lines; the
+    # next transition of the thread carries its own.
+    assert f"[workflow={wid} step=- task=" in build_lines[0]
+    (deploy_line,) = [
+        line for line in system.orchestrator.log().splitlines() if f"task id {sent[1][1]}" in line
+    ]
+    assert f"[workflow={wid} step=build task=" in deploy_line
+    assert f"workflow {wid}: " in deploy_line and " succeeded in " in deploy_line
     assert f"workflow {wid}: dispatched build to builder.build@" in build_lines[0]
     assert " (on broker 1 127.0.0.1:" in build_lines[0]
     assert "; its deadline waits " in build_lines[0]
