@@ -10,8 +10,8 @@ Each variant is a directory holding a `workflow_orchestrator` package, a
 `celeryconfig.py` and a `Procfile`; its worker runs with that directory as working
 directory and PYTHONPATH, as its own Procfile says (or with --pool/--concurrency). One
 emulator and one set of peers serve every variant; the variants are measured in turn,
-round after round (A B C, A B C, ...), so a machine that drifts (other test runs share
-it) drifts for all of them alike. Prints the median of each variant's throughput,
+round after round, the order reversed every other round (A B C, C B A, ...), so a machine
+that drifts (other test runs share it) drifts for all of them alike. Prints the median of each variant's throughput,
 latency and CPU per transition, and its gain over the first variant; writes the figures
 to --json (default bench/results/compare.json).
 """
@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import BenchError, add_system_options, write_report  # noqa: E402
-from bench.harness import System, measured_worker  # noqa: E402
+from bench.harness import System, measured_worker, round_order  # noqa: E402
 from bench.measure import machine  # noqa: E402
 
 
@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with system:
             system.start()
+            paths = dict(variants)
             for r in range(args.rounds):
-                for name, path in variants:
+                for name in round_order(list(paths), r):
+                    path = paths[name]
                     print(f"{name} (round {r + 1}/{args.rounds})", flush=True)
                     worker = system.orchestrator(
                         args.pool, args.concurrency, extra_env=extra, repo=path, label=name

@@ -28,8 +28,9 @@ host of its own (deleted at the end; vhost `/` is never used):
      confirmed chat task per event line (§7.1), the completion e-mail (§7.4);
    * unless --skip-baseline (the default with --quick): the plain baseline, one GET, one
      PUT and one confirmed publish per hop, for reference;
-4. warms each up (M workflows), then measures R rounds: orchestrator, floor[, baseline],
-   orchestrator, floor, ... (N workflows per phase, each started by `send_task` of
+4. warms each up (M workflows), then measures R rounds, the order reversed every other
+   round: orchestrator, floor[, baseline], [baseline,] floor, orchestrator, ...
+   (`harness.round_order`; N workflows per phase, each started by `send_task` of
    `{"id": ..., "notifications_config": ...}` asking for the completion e-mail).
 
 Every phase is a closed loop with W workflows in flight (the peers start the next
