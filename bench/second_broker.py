@@ -12,8 +12,9 @@ standing in for the broker of another exchange: the emulator's registry holds ex
 `GET /messaging/exchanges/2/brokers` restriction row), and a second peers process runs
 the builder on that vhost and reports back to the orchestrator's own broker.
 
-One orchestrator worker (the Procfile's command) is measured in interleaved rounds of two
-kinds of workflows, which differ only in where their build goes:
+One orchestrator worker (the Procfile's command) is measured in interleaved rounds (the
+order reversed every other round) of two kinds of workflows, which differ only in where
+their build goes:
 
 * `one-broker`: start messages carry `build_messaging_exchange_id: "1"` (the own
   exchange: the build goes to the orchestrator's own broker, through the Celery app's
@@ -43,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import BenchError, add_system_options, write_report  # noqa: E402
-from bench.harness import System  # noqa: E402
+from bench.harness import System, round_order  # noqa: E402
 from bench.measure import machine, rss_bytes, wait_for_quiet  # noqa: E402
 from bench.processes import procfile_worker  # noqa: E402
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                     system.run_phase(f"{kind}-warmup", worker)
                 rss_first = rss_bytes(worker.tree())
                 for r in range(args.rounds):
-                    for kind in KINDS:
+                    for kind in round_order(list(KINDS), r):
                         if not args.no_wait_quiet:
                             wait_for_quiet(0.15, 60.0)
                         result = system.run_phase(f"{kind}-{r}", worker)
