@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import requests
 from oauthlib.oauth2 import BackendApplicationClient
 from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
 
 from .errors import (
     CredentialsRejected,
@@ -65,13 +66,26 @@ _TRANSPORT_ERRORS = (
 )
 
 
+class _NoNetrc(AuthBase):
+    """Authentication that adds nothing. requests gives a call without an `auth` of its
+    own the Basic credentials of a matching ``~/.netrc`` entry (``$NETRC``), which
+    replace an ``Authorization`` header set by hand: a ``default`` entry, common on an
+    operator's machine, would replace every call's bearer token and send the token
+    request someone else's credentials. As the session's `auth` it keeps ``.netrc`` out
+    (and saves the file lookups requests makes per call to find it)."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
 class _Session(requests.Session):
     """requests reads the proxy and CA-bundle variables from the environment on every
     call (about 0.17 ms each); a worker's environment does not change under it, so they
-    are read once per scheme and host."""
+    are read once per scheme and host. ``~/.netrc`` is never read (`_NoNetrc`)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.auth = _NoNetrc()
         self._environment: dict[tuple[str, str], dict[str, Any]] = {}
 
     def merge_environment_settings(
