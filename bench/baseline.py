@@ -53,6 +53,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
+from workflow_orchestrator.broker_pool import NO_KWARGS_REPR
 from workflow_orchestrator.manager import new_session
 from workflow_orchestrator.queues import orchestration_queue, wait_queue
 from workflow_orchestrator.transition import EngineConfig, wait_seconds
@@ -169,6 +170,7 @@ def _send(task: str, queue: str | Queue, payload: dict[str, Any]) -> None:
         # Identifiers only, as the orchestrator shows in Flower (no secrets there), so
         # neither side pays for Celery's default: a saferepr of the whole payload.
         argsrepr=f"workflow={payload.get('id')} step={payload.get('current_step')}",
+        kwargsrepr=NO_KWARGS_REPR,  # and no saferepr of no keyword arguments either
         queue=_plain(queue) if isinstance(queue, str) else queue,
         retry=True,
         retry_policy=PUBLISH_RETRY_POLICY,

@@ -233,6 +233,7 @@ def celery_task(message: Any) -> tuple[str, str, list[Any], str]:
     assert message.properties["delivery_mode"] == 2
     args, kwargs, embed = json.loads(message.body)
     assert kwargs == {}
+    assert headers["kwargsrepr"] == "{}"  # as Celery shows no keyword arguments
     assert set(embed) >= {"callbacks", "errbacks", "chain", "chord"}
     assert headers["lang"] == "py"
     assert message.properties["correlation_id"] == headers["id"]

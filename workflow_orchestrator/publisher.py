@@ -15,7 +15,7 @@ from typing import Any
 
 from kombu import Queue
 
-from .broker_pool import BrokerPublisher
+from .broker_pool import NO_KWARGS_REPR, BrokerPublisher
 from .brokers import BrokerResolver
 from .choice import run_key
 from .errors import PublishError
@@ -112,6 +112,7 @@ class Publisher:
                 queue=self.wait_queue(request.countdown),
                 task_id=request.task_id,
                 argsrepr=describe(request.payload, "deadline"),
+                kwargsrepr=NO_KWARGS_REPR,
                 retry=True,
                 retry_policy=PUBLISH_RETRY_POLICY,
             )
