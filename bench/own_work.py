@@ -2,7 +2,8 @@
 
 Usage (from the repository root, in the project's virtualenv)::
 
-    python bench/own_work.py [--tree DIR] [--workflows N] [--repeat R] [--profile]
+    python bench/own_work.py [--tree DIR] [--workflows N] [--repeat R]
+                             [--profile [--sort cumulative] [--top N]]
 
 Runs `tasks.process` on the benchmark's workflow (milestones build then deploy, the
 completion e-mail asked for, deadlines on), each workflow's three transitions in turn,
@@ -183,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", "-r", type=int, default=5)
     p.add_argument("--profile", action="store_true")
     p.add_argument(
+        "--sort",
+        default="tottime",
+        help="order of --profile's functions (pstats: tottime, cumulative, ncalls)",
+    )
+    p.add_argument("--top", type=int, default=25, help="how many functions --profile prints")
+    p.add_argument(
         "--locks-under",
         default="/dev/shm" if Path("/dev/shm").is_dir() else None,
         help="where the temporary lock directory goes (default /dev/shm when there is one: "
@@ -219,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             profile = cProfile.Profile()
             profile.runcall(run_workflows, runtime, manager, publisher, args.workflows)
             out = io.StringIO()
-            pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(25)
+            pstats.Stats(profile, stream=out).sort_stats(args.sort).print_stats(args.top)
             print(out.getvalue())
     return 0
 
