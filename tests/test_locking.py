@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import age_lock_file
 from workflow_orchestrator import locking
 from workflow_orchestrator.errors import OrchestratorError
 from workflow_orchestrator.locking import (
@@ -483,3 +484,111 @@ def test_file_memories_larger_than_one_read_are_read_whole(tmp_path: Path, monke
         path.write_text(f'{{"published":["{value}",{now}]}}')
         assert path.stat().st_size == size
         assert locks.recall(wid, "published") == value
+
+
+# -- the sweep of the lock directory -------------------------------------------------------
+
+DAY = 86400
+
+
+def test_sweep_removes_what_is_unwritten_for_a_day_and_nothing_else(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    locks = FileLocks(str(tmp_path), wait=1)
+    old, recent, held = (f"wf-{uuid.uuid4()}" for _ in range(3))
+    for wid in (old, recent, held):
+        with locks.hold(wid):
+            locks.remember(wid, {"published": "s t"})
+    age_lock_file(locks.path_for(old), DAY + 60)
+    age_lock_file(locks.path_for(recent), DAY - 600)
+    age_lock_file(locks.path_for(held), DAY + 60)
+    locks.count_delivery("old-message")
+    locks.count_delivery("new-message")
+    age_lock_file(locks._delivery_path("old-message"), DAY + 60)
+    restored = f"wf-{uuid.uuid4()}"  # a memory newer than the file's time: kept
+    with locks.hold(restored):
+        locks.remember(restored, {"published": "s t"})
+    then = time.time() - DAY - 60
+    os.utime(locks.path_for(restored), (then, then))
+    other = tmp_path / "not-a-lock-file"
+    other.write_text("kept")
+    age_lock_file(str(other), 3 * DAY)
+    caplog.set_level(logging.INFO, "workflow_orchestrator.locking")
+    holder = FileLocks(str(tmp_path), wait=1)  # another process's view of the directory
+    with holder.hold(held):
+        assert locks.sweep() == 2  # the old workflow's file and the old counter
+    assert not os.path.exists(locks.path_for(old))
+    assert not os.path.exists(locks._delivery_path("old-message"))
+    for kept in (recent, held, restored):
+        assert os.path.exists(locks.path_for(kept))
+    assert os.path.exists(locks._delivery_path("new-message"))
+    assert other.read_text() == "kept"
+    assert f"removed 2 lock files unused for a day from {tmp_path}" in caplog.text
+    assert locks.sweep() == 1  # the one held then: nobody holds it now
+    assert os.path.exists(locks.path_for(recent))
+    assert locks.sweep() == 0
+    # the swept workflow starts afresh: its day-old memories were forgotten anyway
+    with locks.hold(old):
+        assert locks.recall(old, "published") is None
+    assert locks.count_delivery("old-message") == 1
+    assert locks.count_delivery("new-message") == 2
+
+
+def test_a_holder_that_locked_a_file_swept_under_it_takes_the_new_one(tmp_path: Path) -> None:
+    """The race the sweep must survive: a holder opens a day-old lock file, a sweep
+    removes it before the holder locks it, the holder then locks a file nobody else can
+    find. It must notice and take the file at the path, or two holders would coexist."""
+    wid = f"wf-{uuid.uuid4()}"
+    seed = FileLocks(str(tmp_path), wait=1)
+    with seed.hold(wid):
+        seed.remember(wid, {"published": "s t"})
+    path = seed.path_for(wid)
+    age_lock_file(path, DAY + 60)
+    swept: list[int] = []
+
+    class SweptBeforeLocking(FileLocks):
+        def _acquire(self, workflow_id: str, fd: int, deadline: float | None = None) -> None:
+            if not swept:  # between this holder's open and its lock
+                swept.append(seed.sweep())
+            super()._acquire(workflow_id, fd, deadline)
+
+    locks = SweptBeforeLocking(str(tmp_path), wait=1)
+    other = FileLocks(str(tmp_path), wait=0.2)
+    with locks.hold(wid):
+        assert swept == [1]
+        held_fd = locks._holding()[wid].fd
+        assert os.fstat(held_fd).st_nlink == 1  # not the removed file
+        assert os.fstat(held_fd).st_ino == os.stat(path).st_ino  # the one at the path
+        assert os.fstat(held_fd).st_size == 0  # a new file (the old one held memories)
+        with pytest.raises(LockTimeout):  # the file at the path is the held one
+            with other.hold(wid):
+                pass
+    with other.hold(wid):  # and released with it
+        pass
+
+
+def test_a_holder_of_a_recently_written_file_does_not_check_it(tmp_path: Path) -> None:
+    """The check costs a system call; a file written within the day cannot have been
+    swept, so the transitions of a workflow in flight skip it (only a workflow's first
+    transition, on a new file, pays it)."""
+    wid = f"wf-{uuid.uuid4()}"
+    calls: list[int] = []
+    locks = FileLocks(str(tmp_path), wait=1)
+    original = locking._linked
+
+    def counting(fd: int, workflow_id: str = "") -> bool:
+        calls.append(fd)
+        return original(fd, workflow_id)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(locking, "_linked", counting)
+        with locks.hold(wid):  # new file, nothing written yet: checked
+            locks.remember(wid, {"published": "s t"})
+        assert len(calls) == 1
+        with locks.hold(wid):  # written a moment ago: not checked
+            pass
+        assert len(calls) == 1
+
+
+def test_redis_locks_have_nothing_to_sweep(redis_url: str) -> None:
+    assert RedisLocks(redis_url, timeout=5, wait=1).sweep() == 0

@@ -3,6 +3,7 @@ workflow_orchestrator worker`): what stops it with one line, and the module hear
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -10,8 +11,15 @@ from dataclasses import replace
 import pytest
 from kombu import Connection, Queue
 
-from tests.support import OrchestratorProcess, delete_test_queues, system_settings, wait_for
+from tests.support import (
+    OrchestratorProcess,
+    age_lock_file,
+    delete_test_queues,
+    system_settings,
+    wait_for,
+)
 from workflow_orchestrator.emulator import ManagerEmulator
+from workflow_orchestrator.locking import FileLocks
 from workflow_orchestrator.settings import Settings
 
 SECRET = f"secret-{uuid.uuid4().hex}"
@@ -104,3 +112,30 @@ def test_heartbeat_every_interval_then_inactive_on_warm_stop(
     assert process.process is not None and process.process.returncode == 0
     (record,) = [m for m in emulator.modules("1") if m["hostname"] == settings.hostname]
     assert record["status"] == "inactive"
+
+
+def test_the_worker_sweeps_lock_files_unused_for_a_day(settings: Settings) -> None:
+    """One lock file per workflow ever run would fill the lock directory: the worker
+    removes, at start and every hour, those unwritten for a day."""
+    locks = FileLocks(settings.lock_dir, wait=1)
+    old, recent = f"wf-{uuid.uuid4()}", f"wf-{uuid.uuid4()}"
+    for wid in (old, recent):
+        with locks.hold(wid):
+            locks.remember(wid, {"published": "state task"})
+    age_lock_file(locks.path_for(old), 86400 + 60)
+    process = OrchestratorProcess(settings.to_env()).start()
+    try:
+        wait_for(
+            lambda: not os.path.exists(locks.path_for(old)) or not process.alive(),
+            60,
+            "the day-old lock file to be swept",
+        )
+        assert process.alive(), process.log()
+        assert os.path.exists(locks.path_for(recent))
+        wait_for(
+            lambda: "removed 1 lock files unused for a day" in process.log(),
+            30,
+            "the sweep's log line",
+        )
+    finally:
+        process.stop()

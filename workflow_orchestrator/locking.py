@@ -42,6 +42,14 @@ REDIS_TIME_PREFIX = "workflow-orchestrator:transition-time:"
 REDIS_MEMORY_PREFIX = "workflow-orchestrator:memory:"
 #: How long a redelivery count is remembered.
 DELIVERY_MEMORY_SECONDS = 86400.0
+#: A holder whose lock file holds a memory written this recently knows no sweep can
+#: have removed the file (a sweep removes only files unwritten for a day): the hour
+#: spares that check a clock read late by the sweep.
+_SURELY_KEPT_SECONDS = DELIVERY_MEMORY_SECONDS - 3600.0
+#: Directory entries a sweep looks at before it pauses (`_SWEEP_PAUSE` seconds), so a
+#: lock directory of millions of files never takes the pool threads' GIL for long.
+_SWEEP_BATCH = 500
+_SWEEP_PAUSE = 0.05
 
 _FIRST_SLEEP = 0.002
 _MAX_SLEEP = 0.05
@@ -102,6 +110,11 @@ class WorkflowLocks(Protocol):
     def remember(self, workflow_id: str, memories: Mapping[str, str]) -> None:
         """Keep each value under its name for this workflow, in one write; called
         holding its lock."""
+        ...
+
+    def sweep(self) -> int:
+        """Remove what no workflow needs any more (everything it keeps is a day old and
+        nobody holds it); return how many entries went."""
         ...
 
 
@@ -170,6 +183,15 @@ class _HeldFile:
         self.memories = memories
         self.size = size
 
+    def written_since(self, since: float) -> bool:
+        """Whether any memory in the file was written after `since` (epoch seconds)."""
+        for entry in self.memories.values():
+            if isinstance(entry, list) and len(entry) == 2:
+                written = entry[1]
+                if isinstance(written, (int, float)) and written > since:
+                    return True
+        return False
+
     def fresh(self, name: str) -> str | None:
         """The memory `name` when it was written within a day, else None."""
         entry = self.memories.get(name)
@@ -189,6 +211,56 @@ class _HeldFile:
             self.size = _write_over(self.fd, data, self.size)
         except OSError as exc:
             raise LockUnavailable(workflow_id, f"cannot write its lock file: {exc}") from exc
+
+
+def _linked(fd: int, workflow_id: str = "") -> bool:
+    """Whether an open file still has a name (a sweep has not unlinked it)."""
+    try:
+        return os.fstat(fd).st_nlink > 0
+    except OSError as exc:
+        raise LockUnavailable(workflow_id, f"cannot check its lock file: {exc}") from exc
+
+
+def _sweep_directory(directory: str, cutoff: float) -> int:
+    """Remove the files of `directory` last written before `cutoff` that nobody holds."""
+    removed = 0
+    try:
+        entries = os.scandir(directory)
+    except FileNotFoundError:
+        return 0
+    with entries:
+        for seen, entry in enumerate(entries, 1):
+            if seen % _SWEEP_BATCH == 0:
+                time.sleep(_SWEEP_PAUSE)
+            if entry.name.endswith(".lock") and _sweep_file(entry.path, cutoff):
+                removed += 1
+    return removed
+
+
+def _sweep_file(path: str, cutoff: float) -> bool:
+    """Remove one file if it was last written before `cutoff`, holding its lock."""
+    try:
+        if os.stat(path, follow_symlinks=False).st_mtime >= cutoff:
+            return False
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:  # gone meanwhile, or not a file of ours
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # held: in use
+        status = os.fstat(fd)
+        if status.st_nlink == 0 or status.st_mtime >= cutoff:
+            return False  # another sweep removed it first, or it was written meanwhile
+        if _HeldFile(fd, *_read_memories(fd, "", path)).written_since(cutoff):
+            return False  # a memory newer than the file's time (a restored copy?): kept
+        os.unlink(path)  # still the file at `path`: nobody unlinks one without its lock
+        return True
+    except (OSError, LockUnavailable):
+        return False
+    finally:
+        os.close(fd)
 
 
 class _AlreadyHeld:
@@ -239,16 +311,24 @@ class FileLocks:
     @contextmanager
     def hold(self, workflow_id: str) -> Iterator[None]:
         path = self.path_for(workflow_id)
-        try:
-            fd = self._open(path)
-        except OSError as exc:
-            raise LockUnavailable(workflow_id, f"cannot open lock file {path}: {exc}") from exc
-        try:
-            self._acquire(workflow_id, fd)
-            held = _HeldFile(fd, *_read_memories(fd, workflow_id, path))
-        except BaseException:
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fd = self._open(path)
+            except OSError as exc:
+                raise LockUnavailable(workflow_id, f"cannot open lock file {path}: {exc}") from exc
+            try:
+                self._acquire(workflow_id, fd, deadline)
+                held = _HeldFile(fd, *_read_memories(fd, workflow_id, path))
+                recent = held.written_since(time.time() - _SURELY_KEPT_SECONDS)
+                if recent or _linked(fd, workflow_id):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            # A sweep removed the file between our open and our lock (it was unused for a
+            # day): this lock guards nothing; the path's new file is the one to take.
             os.close(fd)
-            raise
         holding = self._holding()
         holding[workflow_id] = held
         try:
@@ -256,9 +336,10 @@ class FileLocks:
         finally:
             del holding[workflow_id]
             # Closing the only descriptor of the open file drops the flock (no LOCK_UN
-            # call needed). The lock file is deliberately NOT deleted: another acquirer
-            # may already have opened this inode and would then lock a file nobody else
-            # can find, while a third opens a fresh file at the same path -> two holders.
+            # call needed). The lock file is NOT deleted here: another acquirer may
+            # already have opened this inode and would then lock a file nobody else can
+            # find, while a third opens a fresh file at the same path -> two holders.
+            # Only `sweep` deletes, a day later, and `hold` checks for that case.
             os.close(fd)
 
     def _holding(self) -> dict[str, _HeldFile]:
@@ -291,6 +372,11 @@ class FileLocks:
         fd = self._open(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            while not _linked(fd):  # swept meanwhile: count in the path's new file
+                os.close(fd)
+                fd = -1
+                fd = self._open(path)
+                fcntl.flock(fd, fcntl.LOCK_EX)
             stale = time.time() - os.fstat(fd).st_mtime > DELIVERY_MEMORY_SECONDS
             raw = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             count = 1 if stale or not raw.isdigit() else int(raw) + 1
@@ -298,7 +384,8 @@ class FileLocks:
             os.pwrite(fd, str(count).encode(), 0)
             return count
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def _delivery_path(self, message_id: str) -> str:
         return os.path.join(self.directory, "deliveries", lock_file_name(message_id))
@@ -326,9 +413,28 @@ class FileLocks:
         with self._held(workflow_id) as held:
             held.keep(workflow_id, memories)
 
-    def _acquire(self, workflow_id: str, fd: int) -> None:
-        """Poll with LOCK_NB (a blocking flock cannot time out) with a little backoff."""
-        deadline = time.monotonic() + self.wait
+    def sweep(self, now: float | None = None) -> int:
+        """Remove the lock files, and the redelivery counters, unwritten for a day: what
+        they keep is forgotten by then (`_HeldFile.fresh`), and without this a host
+        would keep one file per workflow it ever ran. Returns how many went.
+
+        Safe against every holder: a file is removed only while the sweep holds its
+        lock, and only if it is still the file at its path (another sweep may have
+        removed it first); a holder that locked a file it found unwritten for a day
+        makes sure the file is still linked, or takes the path's new one (`hold`)."""
+        cutoff = (time.time() if now is None else now) - DELIVERY_MEMORY_SECONDS
+        removed = 0
+        for directory in (self.directory, os.path.join(self.directory, "deliveries")):
+            removed += _sweep_directory(directory, cutoff)
+        if removed:
+            log.info("removed %d lock files unused for a day from %s", removed, self.directory)
+        return removed
+
+    def _acquire(self, workflow_id: str, fd: int, deadline: float | None = None) -> None:
+        """Poll with LOCK_NB (a blocking flock cannot time out) with a little backoff,
+        until `deadline` (monotonic; `wait` from now by default)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.wait
         delay = _FIRST_SLEEP
         while True:
             try:
@@ -448,6 +554,10 @@ class RedisLocks:
                 pipe.execute()
         except RedisError as exc:
             raise self._unavailable(workflow_id, exc) from None
+
+    def sweep(self) -> int:
+        """Nothing to do: every key this keeps expires by itself."""
+        return 0
 
     @contextmanager
     def hold(self, workflow_id: str) -> Iterator[None]:

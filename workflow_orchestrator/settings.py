@@ -53,7 +53,11 @@ SETTINGS_DOC: dict[str, tuple[Any, str]] = {
         "Redeliveries of one message (its worker died each time) before it is dead-lettered",
     ),
     "LOCK_URL": ("", "Empty: file locks under LOCK_DIR (one host); `redis://...`: Redis locks"),
-    "LOCK_DIR": ("", "Directory of the file locks; empty means the temp dir"),
+    "LOCK_DIR": (
+        "",
+        "Directory of the file locks, one per workflow, removed once unwritten for a day;"
+        " empty means the temp dir",
+    ),
     "LOCK_TIMEOUT": (60.0, "Seconds a Redis lock lives if its holder dies"),
     "LOCK_WAIT": (30.0, "Seconds to wait for a workflow lock before retrying the message"),
     "HOSTNAME": ("", "Hostname registered with the Manager; empty means this host's"),

@@ -1,5 +1,6 @@
 """What the worker does around consuming: checks before it starts, the error queue on
-every connection, and the module heartbeat (docs/behaviour.md §6).
+every connection, the module heartbeat (docs/behaviour.md §6), and the sweep of the lock
+directory.
 
 A configuration mistake (credentials the token endpoint refuses, an orchestration
 queue declared with other arguments by an earlier version) stops the worker at start
@@ -130,6 +131,44 @@ class Heartbeat(bootsteps.StartStopStep):
             logger.warning("could not register as inactive with the Manager: %s", exc)
 
 
+#: Seconds between two sweeps of the lock directory (the first runs at start).
+LOCK_SWEEP_SECONDS = 3600.0
+
+
+class LockSweeper(bootsteps.StartStopStep):
+    """Remove, at start and every hour, the lock files no workflow needs any more
+    (unwritten for a day: `FileLocks.sweep`); with Redis locks there is nothing to do.
+    In a thread of the worker's main process, so a large backlog never delays start."""
+
+    requires = (f"{__name__}:CheckAtStart",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._app: Any = None
+
+    def start(self, worker: Any) -> None:
+        self._app = worker.app
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sweep, name="lock-sweeper", daemon=True)
+        self._thread.start()
+
+    def _sweep(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._app.runtime.locks.sweep()
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                logger.warning("could not sweep the lock directory: %s", exc)
+            self._stop.wait(LOCK_SWEEP_SECONDS)
+
+    def stop(self, worker: Any) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
 class MetricsEndpoint(bootsteps.StartStopStep):
     """The Prometheus endpoint when METRICS_PORT is set, in the worker's main process.
 
@@ -174,4 +213,5 @@ def install_startup_steps(app: Celery) -> None:
     app.steps["worker"].add(CheckAtStart)
     app.steps["worker"].add(MetricsEndpoint)
     app.steps["worker"].add(Heartbeat)
+    app.steps["worker"].add(LockSweeper)
     app.steps["consumer"].add(DeclareErrorQueue)
