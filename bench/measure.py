@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -169,6 +170,28 @@ def percentile(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), int(round(q / 100 * len(ordered) + 0.5))))
     return ordered[rank - 1]
+
+
+def median_interval(values: list[float], confidence: float = 0.9) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of what `values` sample: the k-th
+    smallest and k-th largest value, k as large as keeps the chance that the median lies
+    between them at least `confidence` (each value falls on either side of the median
+    with chance 1/2, so that chance is a binomial sum). Returns (low, high, chance); with
+    too few values for `confidence`, the widest interval (min, max) and its own chance.
+    Rounds of the benchmark are such samples: the interval says whether a run decides."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("no values")
+
+    def chance(k: int) -> float:  # P(k-th smallest <= median <= k-th largest)
+        below = sum(math.comb(n, i) for i in range(k)) / 2**n
+        return 1 - 2 * below
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and chance(k + 1) >= confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k], chance(k)
 
 
 def summary_ms(values: list[float]) -> dict[str, Any]:

@@ -49,6 +49,11 @@ The targets (issue #14) are judged on medians over the rounds:
 * `rss_mb_per_10k`: the orchestrator worker's RSS growth from the end of its warm-up to
   the end of its last phase, per 10k of the transitions it measured, < 10.
 
+With the two ratios it prints where their median lies, from the run's rounds alone
+(`measure.median_interval`: order statistics, at least 90 % confidence, or the widest
+interval with 5 rounds or fewer): an interval that straddles a target says the run did
+not decide it, on a machine whose rounds move by a third.
+
 Prints the table of docs/performance.md, writes every figure to --json (default
 bench/results/latest.json), and as its LAST line::
 
@@ -70,7 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import BenchError, add_system_options, write_report  # noqa: E402
 from bench.harness import System, run_interleaved  # noqa: E402
-from bench.measure import machine, rabbitmq_version  # noqa: E402
+from bench.measure import machine, median_interval, rabbitmq_version  # noqa: E402
 from bench.processes import procfile_worker  # noqa: E402
 
 TARGETS = {
@@ -178,6 +183,13 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         out["all_ratios_vs_floor"] = [round(x, 3) for x in ratios]
         out["worker_cpu_ratio"] = round(_median(cpu), 3)
         out["all_worker_cpu_ratios"] = [round(x, 3) for x in cpu]
+        for name, values in (("ratio_vs_floor", ratios), ("worker_cpu_ratio", cpu)):
+            low, high, chance = median_interval(values)
+            out[f"{name}_interval"] = {
+                "low": round(low, 3),
+                "high": round(high, 3),
+                "confidence": round(chance, 3),
+            }
     return out
 
 
@@ -320,6 +332,17 @@ def markdown(report: dict[str, Any]) -> str:
             f"{', '.join(str(x) for x in rounds) if rounds else '-'} | "
             f"{'yes' if check['met'] else '**no**'} |"
         )
+    interval = summary.get("ratio_vs_floor_interval")
+    if interval:
+        out += [
+            "",
+            f"Where the median of such rounds lies, from these {report['rounds']} alone "
+            f"(order statistics, {interval['confidence']:.0%} confidence): ratio_vs_floor "
+            f"{interval['low']} to {interval['high']}, worker_cpu_ratio "
+            f"{summary['worker_cpu_ratio_interval']['low']} to "
+            f"{summary['worker_cpu_ratio_interval']['high']}. An interval that straddles a "
+            "target means this run does not decide it: add rounds (`--rounds`) or pool runs.",
+        ]
     split = report["orchestrator_calls"]
     out += [
         "",
