@@ -84,12 +84,12 @@ def workload() -> list[str]:
     return sorted(set(ids))
 
 
-class Heartbeat(bootsteps.StartStopStep):
-    """Register with the Manager at start and every MODULE_HEARTBEAT_SECONDS after
-    (the Overseer deletes modules whose record is ten minutes old); `inactive` on a
-    warm shutdown. Once per worker node: the step runs in the main process only."""
+class _InTheBackground(bootsteps.StartStopStep):
+    """A worker step whose work runs in a daemon thread of the worker's main process,
+    from start until stop (`_run` watches `_stop`)."""
 
     requires = (f"{__name__}:CheckAtStart",)
+    thread_name = "background"
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
@@ -100,10 +100,27 @@ class Heartbeat(bootsteps.StartStopStep):
     def start(self, worker: Any) -> None:
         self._app = worker.app
         self._stop.clear()
-        self._thread = threading.Thread(target=self._beat, name="module-heartbeat", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
 
-    def _beat(self) -> None:
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, worker: Any) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+class Heartbeat(_InTheBackground):
+    """Register with the Manager at start and every MODULE_HEARTBEAT_SECONDS after
+    (the Overseer deletes modules whose record is ten minutes old); `inactive` on a
+    warm shutdown. Once per worker node: the step runs in the main process only."""
+
+    thread_name = "module-heartbeat"
+
+    def _run(self) -> None:
         interval = self._app.settings.module_heartbeat_seconds
         failures = 0
         while not self._stop.is_set():
@@ -121,9 +138,7 @@ class Heartbeat(bootsteps.StartStopStep):
     def stop(self, worker: Any) -> None:
         if self._thread is None:
             return
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._thread = None
+        super().stop(worker)
         try:
             self._app.runtime.register("inactive", [])
             logger.info("registered with the Manager as inactive")
@@ -135,38 +150,20 @@ class Heartbeat(bootsteps.StartStopStep):
 LOCK_SWEEP_SECONDS = 3600.0
 
 
-class LockSweeper(bootsteps.StartStopStep):
+class LockSweeper(_InTheBackground):
     """Remove, at start and every hour, the lock files no workflow needs any more
     (unwritten for a day: `FileLocks.sweep`); with Redis locks there is nothing to do.
-    In a thread of the worker's main process, so a large backlog never delays start."""
+    In its own thread, so a large backlog never delays the worker's start."""
 
-    requires = (f"{__name__}:CheckAtStart",)
+    thread_name = "lock-sweeper"
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._app: Any = None
-
-    def start(self, worker: Any) -> None:
-        self._app = worker.app
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._sweep, name="lock-sweeper", daemon=True)
-        self._thread.start()
-
-    def _sweep(self) -> None:
+    def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self._app.runtime.locks.sweep()
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 logger.warning("could not sweep the lock directory: %s", exc)
             self._stop.wait(LOCK_SWEEP_SECONDS)
-
-    def stop(self, worker: Any) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(timeout=5)
-            self._thread = None
 
 
 class MetricsEndpoint(bootsteps.StartStopStep):
