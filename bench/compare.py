@@ -11,9 +11,9 @@ Each variant is a directory holding a `workflow_orchestrator` package, a
 directory and PYTHONPATH, as its own Procfile says (or with --pool/--concurrency). One
 emulator and one set of peers serve every variant; the variants are measured in turn,
 round after round, the order reversed every other round (A B C, C B A, ...), so a machine
-that drifts (other test runs share it) drifts for all of them alike. Prints the median of each variant's throughput,
-latency and CPU per transition, and its gain over the first variant; writes the figures
-to --json (default bench/results/compare.json).
+that drifts (other test runs share it) drifts for all of them alike. Prints the median of
+each variant's throughput, latency and CPU per transition, and its gain over the first
+variant; writes the figures to --json (default bench/results/compare.json).
 """
 
 from __future__ import annotations

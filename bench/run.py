@@ -336,7 +336,7 @@ def markdown(report: dict[str, Any]) -> str:
     if interval:
         out += [
             "",
-            f"Where the median of such rounds lies, from these {report['rounds']} alone "
+            f"Where the median of such rounds lies, from these {report['rounds']} rounds alone "
             f"(order statistics, {interval['confidence']:.0%} confidence): ratio_vs_floor "
             f"{interval['low']} to {interval['high']}, worker_cpu_ratio "
             f"{summary['worker_cpu_ratio_interval']['low']} to "
