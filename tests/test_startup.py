@@ -1,5 +1,6 @@
 """The worker at start and around consuming, run as operators run it (`celery -A
-workflow_orchestrator worker`): what stops it with one line, and the module heartbeat."""
+workflow_orchestrator worker`): what stops it with one line, the module heartbeat, and the
+sweep of the lock directory."""
 
 from __future__ import annotations
 
