@@ -547,7 +547,7 @@ def test_a_holder_that_locked_a_file_swept_under_it_takes_the_new_one(tmp_path: 
     swept: list[int] = []
 
     class SweptBeforeLocking(FileLocks):
-        def _acquire(self, workflow_id: str, fd: int, deadline: float | None = None) -> None:
+        def _acquire(self, workflow_id: str, fd: int, deadline: float) -> None:
             if not swept:  # between this holder's open and its lock
                 swept.append(seed.sweep())
             super()._acquire(workflow_id, fd, deadline)

@@ -171,6 +171,16 @@ def _read_memories(fd: int, workflow_id: str, path: str) -> tuple[dict[str, Any]
     return (value if isinstance(value, dict) else {}), len(raw)
 
 
+def _written_at(entry: Any) -> float | None:
+    """When a memory of a lock file (`[value, written at]`) was written; None when the
+    entry is not one (a file not ours, or torn)."""
+    if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str):
+        written = entry[1]
+        if isinstance(written, (int, float)):
+            return written
+    return None
+
+
 class _HeldFile:
     """A held lock file and the memories read from it when the lock was taken.
 
@@ -186,21 +196,18 @@ class _HeldFile:
     def written_since(self, since: float) -> bool:
         """Whether any memory in the file was written after `since` (epoch seconds)."""
         for entry in self.memories.values():
-            if isinstance(entry, list) and len(entry) == 2:
-                written = entry[1]
-                if isinstance(written, (int, float)) and written > since:
-                    return True
+            written = _written_at(entry)
+            if written is not None and written > since:
+                return True
         return False
 
     def fresh(self, name: str) -> str | None:
         """The memory `name` when it was written within a day, else None."""
         entry = self.memories.get(name)
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+        written = _written_at(entry)
+        if written is None or time.time() - written >= DELIVERY_MEMORY_SECONDS:
             return None
-        written = entry[1]
-        if not isinstance(written, (int, float)):
-            return None
-        return entry[0] if time.time() - written < DELIVERY_MEMORY_SECONDS else None
+        return entry[0]
 
     def keep(self, workflow_id: str, memories: Mapping[str, str]) -> None:
         written = round(time.time(), 3)
@@ -430,11 +437,9 @@ class FileLocks:
             log.info("removed %d lock files unused for a day from %s", removed, self.directory)
         return removed
 
-    def _acquire(self, workflow_id: str, fd: int, deadline: float | None = None) -> None:
+    def _acquire(self, workflow_id: str, fd: int, deadline: float) -> None:
         """Poll with LOCK_NB (a blocking flock cannot time out) with a little backoff,
-        until `deadline` (monotonic; `wait` from now by default)."""
-        if deadline is None:
-            deadline = time.monotonic() + self.wait
+        until `deadline` (monotonic: `hold` gives one for all its attempts)."""
         delay = _FIRST_SLEEP
         while True:
             try:
