@@ -29,6 +29,8 @@ REDIS_PORT = 6379
 
 #: Marks a Redis database as taken by one test session (its value is the session's token).
 REDIS_CLAIM_KEY = "wo-tests:claimed-by"
+#: Every key the orchestrator writes to Redis (what `.ci/check-hygiene` watches in db 0).
+ORCHESTRATOR_KEYS = "workflow-orchestrator:*"
 #: A session that dies without cleaning up frees its Redis database after this long.
 REDIS_CLAIM_SECONDS = 12 * 3600
 
@@ -366,21 +368,15 @@ class RedisTestDatabase:
         )
 
     def keys(self) -> list[bytes]:
-        """The orchestrator's keys (locks, delivery counts, transition times) in the database."""
-        from workflow_orchestrator.locking import (
-            REDIS_DELIVERY_PREFIX,
-            REDIS_KEY_PREFIX,
-            REDIS_TIME_PREFIX,
-        )
-
+        """The orchestrator's keys in the database: its whole `workflow-orchestrator:`
+        namespace (locks, delivery counts, transition times, memories), so a kind of key
+        added later is cleaned too. (Listing the kinds had missed the memories: every
+        session left its memories, and after fifteen no database was empty.)"""
         if self.db is None:
             return []
         client = self._client(self.db)
         try:
-            found: list[bytes] = []
-            for prefix in (REDIS_KEY_PREFIX, REDIS_DELIVERY_PREFIX, REDIS_TIME_PREFIX):
-                found += client.scan_iter(match=prefix.replace("*", r"\*") + "*", count=500)
-            return found
+            return list(client.scan_iter(match=ORCHESTRATOR_KEYS, count=500))
         finally:
             client.close()
 
