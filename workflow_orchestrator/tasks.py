@@ -164,8 +164,8 @@ def _bound_redeliveries(rt: Runtime, workflow_id: str, message_key: str) -> None
         _dead_letter(
             rt,
             "gave_up",
-            f"A message for workflow {workflow_id} was redelivered {count} times (its worker "
-            "died while processing it each time); it is set aside",
+            f"A message for workflow {workflow_id} was redelivered {count} times (never "
+            "finished: its worker died, or lost its broker, each time); it is set aside",
             workflow_id,
             message_key,
         )
@@ -362,16 +362,31 @@ def orchestrate(
             )
     except RetryLater as later:
         kwargs = {k: v for k, v in later.carry.items() if v}
-        raise self.retry(
-            args=(payload,),
-            kwargs=kwargs,
-            countdown=later.countdown,
-            argsrepr=describe(payload, message_event(payload)),
-        ) from None
+        try:
+            raise self.retry(
+                args=(payload,),
+                kwargs=kwargs,
+                countdown=later.countdown,
+                argsrepr=describe(payload, message_event(payload)),
+            ) from None
+        except Reject as unsent:
+            # Celery could not publish the retry (its broker failed, as it often has
+            # when a retry is due) and rejects the message for good: keep it instead.
+            raise _requeue(workflow_id, unsent) from None
     except DeadLetter as dead:
         raise Reject(str(dead), requeue=False) from None
     except OrchestratorError as exc:  # a setting or something equally fatal
         raise Reject(str(exc), requeue=False) from None
+
+
+def _requeue(workflow_id: Any, unsent: Reject) -> Reject:
+    """The message back to its queue: a transient failure is never a dead letter."""
+    logger.warning(
+        "workflow %s: the retry could not be published (%s); the message goes back to its queue",
+        workflow_id,
+        unsent.reason,
+    )
+    return Reject(f"the retry could not be published: {unsent.reason}", requeue=True)
 
 
 def register_tasks(app: Celery) -> Task:
