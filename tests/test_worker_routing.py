@@ -19,6 +19,7 @@ from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.manager import ManagerClient, TokenSource
 from workflow_orchestrator.queues import plain_queue
 from workflow_orchestrator.worker_api import (
+    ReportNotSent,
     publish_success_notification,
     step_completed,
     worker_app,
@@ -119,3 +120,81 @@ def test_a_plain_celery_worker_routes_by_the_environment(
             assert empty(region.url, "wo_env_routing_orchestration")
         finally:
             previous.set_current()
+
+
+def test_a_report_no_broker_took_sends_the_request_back_to_its_queue(
+    extra_vhost: Callable[..., Vhost],
+) -> None:
+    """Celery acks a failed task's message (acks late or not): a worker whose report
+    could not be sent would lose the step's outcome for good. The report's broker
+    refuses the worker for a while; the request comes back and its report gets through
+    once the broker lets the worker in again."""
+    from tests.services import rabbitmqctl, token
+    from tests.support import in_process_worker
+
+    logged: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("workflow_orchestrator").addHandler(handler)
+    try:
+        home, region = extra_vhost("orchestrator"), extra_vhost("region2")
+        queue, orchestration = f"wo_report_builder_{token()}", f"wo_report_orch_{token()}"
+        attempts: list[str] = []
+        with ManagerEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as emulator:
+            emulator.add_broker(1, name="orchestrator's broker")
+            emulator.add_broker_connection(
+                1, home.host, home.port, home.user, home.password, home.name
+            )
+            tokens = TokenSource(emulator.token_url, CLIENT_ID, CLIENT_SECRET)
+            with ManagerClient(emulator.url, tokens) as manager:
+                app = worker_app(
+                    "region2-builder",
+                    region.url,
+                    queues=[queue],
+                    broker_id="2",
+                    manager=manager,
+                    report_patience=1.0,  # tried at 0 and 0.5 s, then the request goes back
+                )
+
+                @app.task(name="builder.build", bind=True, shared=False)
+                def build(self: Any, request: dict[str, Any]) -> None:
+                    attempts.append(self.request.id)
+                    step_completed(app, request, "Build finished")
+
+                rabbitmqctl("clear_permissions", "-p", home.name, home.user)  # refused
+                request = {
+                    "id": WID,
+                    "current_step": "build",
+                    "orchestration_queue_name": orchestration,
+                    "workflow_orchestration_broker_id": "1",
+                }
+                with in_process_worker(app, f"report-{token()}@test", concurrency=1):
+                    app.send_task("builder.build", args=[request], queue=queue)
+                    wait_for(lambda: len(attempts) >= 2, 60, "the request to come back")
+                    rabbitmqctl("set_permissions", "-p", home.name, home.user, ".*", ".*", ".*")
+                    report = take(home.url, orchestration)
+        (payload,), _, _ = json.loads(report.body)
+        assert payload["event_log"] == [f"[OA][{WID}] Build finished"]
+        assert len(set(attempts)) == 1  # the same message each time, not a copy
+    finally:
+        logging.getLogger("workflow_orchestrator").removeHandler(handler)
+    text = "\n".join(logged)
+    assert f"the completed report of workflow {WID} step build was not sent, trying " in text
+    assert f"the completed report of workflow {WID} step build was not sent: " in text
+    assert home.password not in text and region.password not in text
+
+
+def test_a_report_the_own_broker_cannot_take_raises_report_not_sent() -> None:
+    """Outside a task the same failure is an exception naming what was not sent."""
+    from tests.services import free_port
+
+    password = "never-shown-1234"
+    url = f"amqp://builder:{password}@127.0.0.1:{free_port()}//"
+    app = worker_app("no-broker", url, report_patience=0)
+    with pytest.raises(ReportNotSent) as raised:
+        step_completed(app, {"id": WID, "current_step": "deploy"})
+    assert raised.value.requeue
+    text = str(raised.value)
+    assert f"the completed report of workflow {WID} step deploy was not sent" in text
+    assert "on this worker's broker failed" in text
+    assert password not in text

@@ -50,7 +50,7 @@ logger = logging.getLogger("workflow_orchestrator.broker_pool")
 OWN_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 
 #: Errors that no other broker would avoid: raised as they are, never failed over.
-_NOT_BROKER_ERRORS = (SerializationError, TypeError)
+NOT_BROKER_ERRORS = (SerializationError, TypeError)
 #: The `kwargsrepr` of a task sent with no keyword arguments: what Celery's saferepr of
 #: them gives, passed so that Celery does not work it out per publish.
 NO_KWARGS_REPR = "{}"
@@ -88,6 +88,11 @@ def describe_failure(exc: BaseException, secrets: list[str]) -> str:
         return "no confirm or answer in time"
     detail = " ".join(_scrub(str(exc), secrets).split())
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def publish_failure(exc: BaseException, url: str) -> str:
+    """Why a publish to the broker at `url` failed, with none of its passwords."""
+    return describe_failure(exc, _secrets(url))
 
 
 class _UrlPool:
@@ -258,7 +263,7 @@ class BrokerPublisher:
                     self._publish_own(task, message)
                 else:
                     self._publish_remote(endpoint, task, message)
-            except _NOT_BROKER_ERRORS:
+            except NOT_BROKER_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - any broker failure: try the next one
                 reason = describe_failure(exc, _secrets(endpoint.url) + self._own_secrets())
@@ -340,7 +345,7 @@ class BrokerPublisher:
                     producer = Producer(conn.default_channel)
                     self.app.send_task(task, producer=producer, retry=False, **message)
                     return
-                except _NOT_BROKER_ERRORS:
+                except NOT_BROKER_ERRORS:
                     raise
                 except Exception as exc:
                     conn.collect()  # a channel or connection in an unknown state: start over

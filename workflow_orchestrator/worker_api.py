@@ -18,16 +18,18 @@ import inspect
 import logging
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from celery import Celery, bootsteps, current_app
+from celery.exceptions import Reject
 from kombu import Queue
 
-from .broker_pool import BrokerPublisher
+from .broker_pool import NOT_BROKER_ERRORS, BrokerPublisher, publish_failure
 from .brokers import BrokerResolver
-from .errors import SettingsError
+from .errors import ManagerTransientError, PublishError, SettingsError
 from .manager import ManagerClient, fit_workload
 from .notifications import chat_note, room_names
 from .publisher import PUBLISH_RETRY_POLICY, describe
@@ -44,12 +46,16 @@ HIPCHAT_QUEUE = "notifications_hipchat"
 
 #: App setting naming queues a peer worker declares for publishing but never consumes.
 PUBLISH_ONLY_SETTING = "worker_api_publish_only_queues"
+#: App setting: how long (seconds) a report is tried again before `ReportNotSent`.
+REPORT_PATIENCE_SETTING = "worker_api_report_patience"
+REPORT_PATIENCE_SECONDS = 60.0
 
 __all__ = [
     "HIPCHAT_QUEUE",
     "HIPCHAT_TASK",
     "ORCHESTRATE_TASK",
     "ORCHESTRATION_QUEUE",
+    "ReportNotSent",
     "cancel_workflow",
     "execute_workflow",
     "publish_failure_notification",
@@ -193,17 +199,26 @@ def _send(
     if routing is not None and routing.elsewhere(broker_id):
         name = queue.name if isinstance(queue, Queue) else queue
         return routing.send(broker_id, task, name, payload, argsrepr)
-    result = app.send_task(
-        task,
-        args=[payload],
-        queue=queue,
-        argsrepr=argsrepr,
-        kwargsrepr="{}",
-        ignore_result=True,
-        retry=True,
-        retry_policy=PUBLISH_RETRY_POLICY,
-    )
     queue_name = queue.name if isinstance(queue, Queue) else queue
+    try:
+        result = app.send_task(
+            task,
+            args=[payload],
+            queue=queue,
+            argsrepr=argsrepr,
+            kwargsrepr="{}",
+            ignore_result=True,
+            retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY,
+        )
+    except NOT_BROKER_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any broker failure, said without secrets
+        url = str(app.conf.broker_write_url or app.conf.broker_url or "")
+        raise PublishError(
+            f"publishing {task} to queue {queue_name} on this worker's broker failed: "
+            f"{publish_failure(exc, url)}"
+        ) from None
     logger.info("sent %s to queue %s (task id %s): %s", task, queue_name, result.id, argsrepr)
     return result.id
 
@@ -229,6 +244,21 @@ def _routing(app: Celery) -> WorkerRouting | None:
     return routing or None
 
 
+class ReportNotSent(Reject):
+    """A step's report could not be sent: the broker or the Manager failed.
+
+    A `Reject` asking for a requeue, so that inside a worker task (acks late) the request
+    goes back to its queue and the step is done again, instead of Celery acking a
+    request whose outcome the orchestrator never heard of.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, requeue=True)
+
+    def __str__(self) -> str:
+        return str(self.reason)
+
+
 def _report_back(
     app: Celery,
     request: dict[str, Any],
@@ -237,14 +267,31 @@ def _report_back(
     orchestration_queue: str,
 ) -> str:
     queue = request.get("orchestration_queue_name") or orchestration_queue
-    return _send(
-        app,
-        orchestrate_task,
-        _destination(app, queue),
-        request,
-        describe(request, event),
-        request.get("workflow_orchestration_broker_id") or request.get("orchestration_broker_id"),
-    )
+    what = f"the {event} report of workflow {request.get('id')} step {request.get('current_step')}"
+    patience = float(app.conf.get(REPORT_PATIENCE_SETTING, REPORT_PATIENCE_SECONDS))
+    give_up = time.monotonic() + patience
+    pause = 0.5
+    while True:
+        try:
+            return _send(
+                app,
+                orchestrate_task,
+                _destination(app, queue),
+                request,
+                describe(request, event),
+                request.get("workflow_orchestration_broker_id")
+                or request.get("orchestration_broker_id"),
+            )
+        except (PublishError, ManagerTransientError) as exc:
+            # A broker restart takes seconds: wait it out here rather than have the
+            # step done again, and never spin on a broker that stays away.
+            if time.monotonic() + pause > give_up:
+                reason = f"{what} was not sent: {exc}"
+                logger.error("%s", reason)
+                raise ReportNotSent(reason) from None
+            logger.warning("%s was not sent, trying again in %.1f s: %s", what, pause, exc)
+        time.sleep(pause)
+        pause = min(2 * pause, 5.0)
 
 
 def _notify(
@@ -279,7 +326,9 @@ def step_completed(
 
     `current_step` and `step_time` go back untouched: the orchestrator uses them to
     recognise which step completed (and to ignore duplicates). `orchestration_queue`
-    is used only when the request names no `orchestration_queue_name`.
+    is used only when the request names no `orchestration_queue_name`. Raises
+    `ReportNotSent` when no broker took the report: left to Celery, it sends the
+    worker's request back to its queue (the step is done again), never acked unheard.
     """
     request = _copy(request)
     if message:
@@ -304,7 +353,7 @@ def step_failed(
     As OpenAperture's `workflow_orchestrator_api`: logs `reason`, then `message`, sends
     `message` as a failure chat notification (best effort: a chat outage must not
     leave the workflow hanging), then reports back with `workflow_error` and
-    `workflow_completed` set.
+    `workflow_completed` set. Raises `ReportNotSent` as `step_completed` does.
     """
     request = _copy(request)
     request["workflow_error"] = True
@@ -564,6 +613,7 @@ def worker_app(
     orchestrate_task: str = ORCHESTRATE_TASK,
     broker_id: str | int | None = None,
     manager: ManagerClient | None = None,
+    report_patience: float = REPORT_PATIENCE_SECONDS,
 ) -> Celery:
     """A Celery app for a peer worker that reports back to the orchestrator.
 
@@ -575,10 +625,14 @@ def worker_app(
     JSON only (the bus is shared), at-least-once (acks late, prefetch 1, confirmed
     publishes), its own `queues` as plain durable queues, and the orchestration queue
     declared as any Celery client declares it; that queue is never consumed by this
-    worker. The app uses `broker_url` whatever CELERY_BROKER_URL says.
+    worker. The app uses `broker_url` whatever CELERY_BROKER_URL says. A report no
+    broker takes is tried again for `report_patience` seconds, then its request goes
+    back to its queue (`ReportNotSent`).
     """
     if isinstance(queues, str):
         raise TypeError("queues must be a list of queue names, not a string")
+    if not report_patience >= 0:
+        raise ValueError(f"report_patience must be 0 or more seconds, got {report_patience!r}")
     own = [plain_queue(q) for q in queues]
     settings: dict[str, Any] = {
         # Celery prefers CELERY_BROKER_URL over broker_url; the read/write URLs win.
@@ -598,6 +652,7 @@ def worker_app(
         "task_queues": [*own, plain_queue(orchestration_queue)],
         "task_routes": {orchestrate_task: {"queue": orchestration_queue}},
         PUBLISH_ONLY_SETTING: [orchestration_queue],
+        REPORT_PATIENCE_SETTING: float(report_patience),
     }
     if own:
         settings["task_default_queue"] = own[0].name
