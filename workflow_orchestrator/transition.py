@@ -698,7 +698,7 @@ class _Run:
 
     def finish(self) -> None:
         recipients = completion_recipients(self.workflow)
-        if not recipients:
+        if recipients is None:  # an empty list is a list: sent, as the original does
             return
         self.log(
             "Sending on_workflow_completed email notification to the following recipient(s): "

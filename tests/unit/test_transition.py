@@ -695,6 +695,24 @@ def test_no_email_without_the_event_list() -> None:
     assert emails(decision) == []
 
 
+@pytest.mark.parametrize(
+    "email",
+    [
+        {"events": {"on_workflow_completed": []}},
+        {"events": {"on_workflow_completed": ["g"]}, "groups": {"g": []}},
+    ],
+)
+def test_an_empty_event_list_is_a_list_the_email_goes_out(email: dict[str, Any]) -> None:
+    """Section 7.4 sends whenever the entry is a list, as OpenAperture's module does."""
+    config = {"email": email}
+    decision = run(stored_workflow(milestones=[]), {"id": WID, "notifications_config": config})
+    (sent,) = emails(decision)
+    assert sent.payload["notifications"] == {"email_addresses": []}
+    assert decision.workflow["event_log"][-1] == (
+        f"{PREFIX} Sending on_workflow_completed email notification to the following recipient(s): "
+    )
+
+
 def test_saved_view_always_carries_workflow_completed() -> None:
     body = persisted_view({"id": WID})
     assert body["workflow_completed"] is False
