@@ -196,5 +196,5 @@ def test_a_report_the_own_broker_cannot_take_raises_report_not_sent() -> None:
     assert raised.value.requeue
     text = str(raised.value)
     assert f"the completed report of workflow {WID} step deploy was not sent" in text
-    assert "on this worker's broker failed" in text
+    assert "this worker's broker failed: " in text
     assert password not in text

@@ -50,7 +50,7 @@ logger = logging.getLogger("workflow_orchestrator.broker_pool")
 OWN_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 
 #: Errors that no other broker would avoid: raised as they are, never failed over.
-NOT_BROKER_ERRORS = (SerializationError, TypeError)
+_NOT_BROKER_ERRORS = (SerializationError, TypeError)
 #: The `kwargsrepr` of a task sent with no keyword arguments: what Celery's saferepr of
 #: them gives, passed so that Celery does not work it out per publish.
 NO_KWARGS_REPR = "{}"
@@ -263,7 +263,7 @@ class BrokerPublisher:
                     self._publish_own(task, message)
                 else:
                     self._publish_remote(endpoint, task, message)
-            except NOT_BROKER_ERRORS:
+            except _NOT_BROKER_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - any broker failure: try the next one
                 reason = describe_failure(exc, _secrets(endpoint.url) + self._own_secrets())
@@ -345,7 +345,7 @@ class BrokerPublisher:
                     producer = Producer(conn.default_channel)
                     self.app.send_task(task, producer=producer, retry=False, **message)
                     return
-                except NOT_BROKER_ERRORS:
+                except _NOT_BROKER_ERRORS:
                     raise
                 except Exception as exc:
                     conn.collect()  # a channel or connection in an unknown state: start over

@@ -23,11 +23,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from amqp.exceptions import AMQPError, MessageNacked
 from celery import Celery, bootsteps, current_app
 from celery.exceptions import Reject
 from kombu import Queue
+from kombu.exceptions import OperationalError
 
-from .broker_pool import NOT_BROKER_ERRORS, BrokerPublisher, publish_failure
+from .broker_pool import BrokerPublisher, publish_failure
 from .brokers import BrokerResolver
 from .errors import ManagerTransientError, PublishError, SettingsError
 from .manager import ManagerClient, fit_workload
@@ -199,26 +201,17 @@ def _send(
     if routing is not None and routing.elsewhere(broker_id):
         name = queue.name if isinstance(queue, Queue) else queue
         return routing.send(broker_id, task, name, payload, argsrepr)
+    result = app.send_task(
+        task,
+        args=[payload],
+        queue=queue,
+        argsrepr=argsrepr,
+        kwargsrepr="{}",
+        ignore_result=True,
+        retry=True,
+        retry_policy=PUBLISH_RETRY_POLICY,
+    )
     queue_name = queue.name if isinstance(queue, Queue) else queue
-    try:
-        result = app.send_task(
-            task,
-            args=[payload],
-            queue=queue,
-            argsrepr=argsrepr,
-            kwargsrepr="{}",
-            ignore_result=True,
-            retry=True,
-            retry_policy=PUBLISH_RETRY_POLICY,
-        )
-    except NOT_BROKER_ERRORS:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any broker failure, said without secrets
-        url = str(app.conf.broker_write_url or app.conf.broker_url or "")
-        raise PublishError(
-            f"publishing {task} to queue {queue_name} on this worker's broker failed: "
-            f"{publish_failure(exc, url)}"
-        ) from None
     logger.info("sent %s to queue %s (task id %s): %s", task, queue_name, result.id, argsrepr)
     return result.id
 
@@ -242,6 +235,10 @@ def _routing(app: Celery) -> WorkerRouting | None:
             routing = False
         setattr(app, ROUTING_ATTRIBUTE, routing)
     return routing or None
+
+
+#: What Celery's publish to the worker's own broker raises when that broker fails.
+_OWN_BROKER_ERRORS = (OperationalError, AMQPError, MessageNacked, OSError)
 
 
 class ReportNotSent(Reject):
@@ -282,9 +279,12 @@ def _report_back(
                 request.get("workflow_orchestration_broker_id")
                 or request.get("orchestration_broker_id"),
             )
-        except (PublishError, ManagerTransientError) as exc:
+        except (PublishError, ManagerTransientError, *_OWN_BROKER_ERRORS) as exc:
             # A broker restart takes seconds: wait it out here rather than have the
             # step done again, and never spin on a broker that stays away.
+            if not isinstance(exc, (PublishError, ManagerTransientError)):
+                url = str(app.conf.broker_write_url or app.conf.broker_url or "")
+                exc = PublishError(f"this worker's broker failed: {publish_failure(exc, url)}")
             if time.monotonic() + pause > give_up:
                 reason = f"{what} was not sent: {exc}"
                 logger.error("%s", reason)
