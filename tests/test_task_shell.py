@@ -228,12 +228,14 @@ def test_backoff_grows_and_is_capped(attempt: int) -> None:
 
 
 def test_transient_retries_are_capped_then_given_up(shell: Shell) -> None:
+    """MAX_RETRIES (5 here) counts tries: the fifth failing try sets the message aside."""
     shell.manager.lookup_error = ManagerTransientError("GET /workflows/x", 503)
     with pytest.raises(RetryLater) as later:
-        shell.run({"id": WID}, attempts=4)
+        shell.run({"id": WID}, attempts=3)  # the fourth try
+    assert later.value.carry["attempts"] == 4
     assert later.value.countdown <= shell.rt.settings.retry_backoff_max
-    with pytest.raises(DeadLetter, match="Gave up"):
-        shell.run({"id": WID}, attempts=5)
+    with pytest.raises(DeadLetter, match=f"Gave up on a message for workflow {WID} after 5 tries"):
+        shell.run({"id": WID}, attempts=4)
     assert shell.manager.events[-1]["data"]["kind"] == "gave_up"
 
 

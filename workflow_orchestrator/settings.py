@@ -47,7 +47,7 @@ SETTINGS_DOC: dict[str, tuple[Any, str]] = {
     "SCHEDULE_POLL_SECONDS": (600, "Longest countdown between two `scheduled` evaluations"),
     "RETRY_BACKOFF_SECONDS": (1.0, "First delay of the transient-error backoff"),
     "RETRY_BACKOFF_MAX": (60.0, "Largest delay of the transient-error backoff"),
-    "MAX_RETRIES": (120, "Transient retries before a message is dead-lettered"),
+    "MAX_RETRIES": (120, "Tries of a message failing transiently before it is dead-lettered"),
     "MAX_REDELIVERIES": (
         10,
         "Redeliveries of one message (its worker died each time) before it is dead-lettered",

@@ -131,12 +131,11 @@ def process(
             ahead_since=ahead_since,
         )
     except TRANSIENT as exc:
-        attempts += 1
-        if attempts > rt.settings.max_retries:
+        attempts += 1  # this try failed: MAX_RETRIES counts tries (CONTRACT §9)
+        if attempts >= rt.settings.max_retries:
             dead(
                 "gave_up",
-                f"Gave up on a message for workflow {workflow_id} after {attempts - 1} "
-                f"retries: {exc}",
+                f"Gave up on a message for workflow {workflow_id} after {attempts} tries: {exc}",
             )
         rt.metrics.retry("transient")
         _retry_later(rt, workflow_id, attempts, exc, attempts=attempts, ahead_since=ahead_since)
