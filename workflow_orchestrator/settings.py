@@ -50,7 +50,8 @@ SETTINGS_DOC: dict[str, tuple[Any, str]] = {
     "MAX_RETRIES": (120, "Tries of a message failing transiently before it is dead-lettered"),
     "MAX_REDELIVERIES": (
         10,
-        "Redeliveries of one message (its worker died each time) before it is dead-lettered",
+        "Redeliveries of one message (never finished: its worker died, or lost its broker, "
+        "each time) before it is dead-lettered",
     ),
     "LOCK_URL": ("", "Empty: file locks under LOCK_DIR (one host); `redis://...`: Redis locks"),
     "LOCK_DIR": (
