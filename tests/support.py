@@ -196,6 +196,14 @@ def in_process_worker(app: Any, hostname: str, concurrency: int = 4) -> Any:
     )
 
 
+def build_registry(emulator: Any) -> None:
+    """What one `build` needs in the Manager: exchange 1 with a builder module and a
+    docker-build cluster."""
+    emulator.add_exchange("1", name="local")
+    emulator.add_module("1", "builder", hostname="builder-1")
+    emulator.add_cluster("build-cluster-1", 1, allow_docker_builds=True)
+
+
 def system_settings(
     emulator: Any, *, secret: str, prefix: str, broker_url: str, **changes: Any
 ) -> Any:

@@ -13,7 +13,7 @@ from celery import Celery
 from kombu import Connection
 
 from tests.services import Vhost
-from tests.support import OrchestratorProcess, wait_for
+from tests.support import OrchestratorProcess, build_registry, wait_for
 from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.queues import plain_queue
 from workflow_orchestrator.settings import SETTINGS_DOC
@@ -32,9 +32,7 @@ def test_a_dotenv_decides_queue_task_and_broker(tmp_path: Path, vhost_url: str) 
     queue, task = f"team_a_{uuid.uuid4().hex[:6]}", "team_a.orchestrate"
     builder = f"{queue}_builder"
     with ManagerEmulator(client_id="orchestrator", client_secret=SECRET) as emulator:
-        emulator.add_exchange("1", name="local")
-        emulator.add_module("1", "builder", hostname="builder-1")
-        emulator.add_cluster("build-cluster-1", 1, allow_docker_builds=True)
+        build_registry(emulator)
         workflow = emulator.add_workflow({"deployment_repo": "Org/app", "milestones": ["build"]})
         dotenv = {
             "EXCHANGE_ID": "1",

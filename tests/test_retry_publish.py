@@ -11,7 +11,7 @@ from celery import Celery
 from kombu import Connection, Exchange
 
 from tests.services import Vhost, rabbitmqctl, token
-from tests.support import OrchestratorProcess, system_settings, wait_for
+from tests.support import OrchestratorProcess, build_registry, system_settings, wait_for
 from workflow_orchestrator.emulator import ManagerEmulator
 from workflow_orchestrator.queues import error_queue, orchestration_queue
 
@@ -27,9 +27,7 @@ def test_a_retry_that_cannot_be_published_goes_back_to_its_queue(
     vhost = extra_vhost("retry")
     refused = f"client-only-{token()}"
     with ManagerEmulator(client_id="orchestrator", client_secret=SECRET) as emulator:
-        emulator.add_exchange("1", name="local")
-        emulator.add_module("1", "builder", hostname="builder-1")
-        emulator.add_cluster("build-cluster-1", 1, allow_docker_builds=True)
+        build_registry(emulator)
         settings = system_settings(
             emulator,
             secret=SECRET,

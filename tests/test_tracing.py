@@ -16,6 +16,7 @@ import pytest
 
 from tests.support import (
     OrchestratorProcess,
+    build_registry,
     delete_test_queues,
     system_settings,
     wait_for,
@@ -207,9 +208,7 @@ def test_a_real_worker_traces_each_orchestrate_and_its_manager_calls(broker_url:
     pytest.importorskip("opentelemetry.sdk.trace")
     pytest.importorskip("opentelemetry.instrumentation.celery")
     with ManagerEmulator(client_id="orchestrator", client_secret=SECRET) as emulator:
-        emulator.add_exchange("1", name="local")
-        emulator.add_module("1", "builder", hostname="builder-1")
-        emulator.add_cluster("build-cluster-1", 1, allow_docker_builds=True)
+        build_registry(emulator)
         settings = system_settings(
             emulator,
             secret=SECRET,
