@@ -146,9 +146,22 @@ class FaultSystem:
             pending = [
                 w for w in ids if not self.emulator.get_workflow(w).get("workflow_completed")
             ]
+            # What a flake needs to be explained: what the peers received for the first
+            # stuck workflow, every log line naming it, and what was set aside.
+            first = pending[0]
+            received = [r for r in self.records() if r.get("workflow") == first]
+            logs = self.logs() + "\n" + self.peers.log()
+            lines = [line for line in logs.splitlines() if first in line]
+            try:
+                dead: Any = len(self.dead_letters())
+            except Exception as exc:  # noqa: BLE001 - the broker may be what failed
+                dead = f"unknown ({type(exc).__name__})"
             raise AssertionError(
-                f"{len(pending)} of {len(ids)} workflows did not complete, e.g. "
-                f"{self.emulator.get_workflow(pending[0])['event_log']}\n--- logs ---\n"
+                f"{len(pending)} of {len(ids)} workflows did not complete, e.g. {first}: "
+                f"{self.emulator.get_workflow(first)['event_log']}\n--- the peers received "
+                f"---\n{received}\n--- its log lines (orchestrators, then peers) ---\n"
+                + "\n".join(lines[-60:])
+                + f"\n--- dead letters: {dead} ---\n--- logs ---\n"
                 + self.logs()[-4000:]
             ) from None
 
