@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,3 +199,83 @@ def test_a_report_the_own_broker_cannot_take_raises_report_not_sent() -> None:
     assert f"the completed report of workflow {WID} step deploy was not sent" in text
     assert "this worker's broker failed: " in text
     assert password not in text
+
+
+PREFORK_BUILDER = """
+import os
+import pathlib
+
+from workflow_orchestrator.worker_api import step_completed, worker_app
+
+app = worker_app(
+    "prefork-builder", os.environ["T_BROKER_URL"], queues=[os.environ["T_QUEUE"]],
+    report_patience=0.5,
+)
+
+
+@app.task(name="builder.build", bind=True, shared=False)
+def build(self, request):
+    with open(os.environ["T_ATTEMPTS"], "a") as attempts:
+        attempts.write(self.request.id + "\\n")
+    step_completed(request, "Build finished")
+"""
+
+
+def test_a_prefork_worker_gets_its_request_back_too(
+    extra_vhost: Callable[..., Vhost], tmp_path: Path
+) -> None:
+    """A prefork child hands the task's exception to its parent by pickle: the
+    parent must still see a requeue, not an error (Celery would ack)."""
+    from celery import Celery
+
+    from tests.services import rabbitmqctl, token
+    from tests.support import WorkerProcess
+
+    home, region = extra_vhost("orchestrator"), extra_vhost("region2")
+    queue, orchestration = f"wo_report_builder_{token()}", f"wo_report_orch_{token()}"
+    attempts = tmp_path / "attempts"
+    (tmp_path / "preforkbuilder.py").write_text(PREFORK_BUILDER)
+
+    class Builder(WorkerProcess):
+        app_module = "preforkbuilder"
+
+    with ManagerEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as emulator:
+        emulator.add_broker(1, name="orchestrator's broker")
+        emulator.add_broker_connection(1, home.host, home.port, home.user, home.password, home.name)
+        env = {
+            "T_BROKER_URL": region.url,
+            "T_QUEUE": queue,
+            "T_ATTEMPTS": str(attempts),
+            "BROKER_ID": "2",  # routing from the environment, as a plain worker gets it
+            "MANAGER_URL": emulator.url,
+            "OAUTH_LOGIN_URL": emulator.token_url,
+            "OAUTH_CLIENT_ID": CLIENT_ID,
+            "OAUTH_CLIENT_SECRET": CLIENT_SECRET,
+        }
+        worker = Builder(env, pool="prefork", concurrency=1, name="prefork-builder", cwd=tmp_path)
+        rabbitmqctl("clear_permissions", "-p", home.name, home.user)  # refused
+        worker.start()
+        try:
+            client = Celery("prefork-client", broker=region.url, set_as_current=False)
+            request = {
+                "id": WID,
+                "current_step": "build",
+                "orchestration_queue_name": orchestration,
+                "workflow_orchestration_broker_id": "1",
+            }
+            client.send_task("builder.build", args=[request], queue=queue)
+
+            def tries() -> list[str]:
+                return attempts.read_text().split() if attempts.exists() else []
+
+            wait_for(lambda: len(tries()) >= 2 or not worker.alive(), 60, "the request back")
+            assert worker.alive(), worker.log()
+            rabbitmqctl("set_permissions", "-p", home.name, home.user, ".*", ".*", ".*")
+            report = take(home.url, orchestration)
+        finally:
+            worker.stop()
+    assert json.loads(report.body)[0][0]["event_log"] == [f"[OA][{WID}] Build finished"]
+    assert len(set(tries())) == 1  # the same message each time
+    log = worker.log()
+    assert "was not sent" in log and "reject requeue=True" in log
+    assert home.password not in log and region.password not in log

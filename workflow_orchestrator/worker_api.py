@@ -249,8 +249,10 @@ class ReportNotSent(Reject):
     request whose outcome the orchestrator never heard of.
     """
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason, requeue=True)
+    def __init__(self, reason: str, requeue: bool = True) -> None:
+        # `requeue` only so that pickle, which calls the class with the exception's args,
+        # rebuilds it: a prefork child hands its task's exception to the parent that way.
+        super().__init__(reason, requeue=requeue)
 
     def __str__(self) -> str:
         return str(self.reason)
