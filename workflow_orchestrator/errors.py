@@ -7,9 +7,24 @@ Messages name the call and the status, never a credential.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class OrchestratorError(Exception):
     """Base of every error this package raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle (a prefork child hands a task's exception to its parent so) would call
+        # the class with the message alone, which the subclasses' constructors refuse:
+        # rebuild from the message and the attributes instead.
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[OrchestratorError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class SettingsError(OrchestratorError):
