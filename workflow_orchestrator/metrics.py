@@ -414,6 +414,16 @@ def sweep_dead_processes(directory: str) -> list[int]:
     return sorted(dead)
 
 
+def _sized(path: str) -> bool:
+    """Whether a process's metrics file has its header yet: prometheus_client creates
+    the file empty and sizes it a moment later, and reading it in between fails the
+    whole scrape (`struct.error`: a 500 for Prometheus)."""
+    try:
+        return os.stat(path).st_size >= 8
+    except FileNotFoundError:  # gone between the listing and now (a live gauge's)
+        return False
+
+
 class _MultiProcessScrape:
     """A collector that merges every process's files, after the dead processes' sweep."""
 
@@ -421,11 +431,13 @@ class _MultiProcessScrape:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         self.directory = directory
-        self._merged = MultiProcessCollector(None, path=directory)
+        self._merge = MultiProcessCollector.merge
 
     def collect(self) -> Iterable[Any]:
         sweep_dead_processes(self.directory)
-        return self._merged.collect()
+        # A file not sized yet holds no value yet: left out of this scrape.
+        files = [p for p in glob.glob(os.path.join(self.directory, "*.db")) if _sized(p)]
+        return self._merge(files, accumulate=True)
 
 
 class MetricsServer:
