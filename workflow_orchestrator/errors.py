@@ -21,8 +21,7 @@ class OrchestratorError(Exception):
 
 
 def _rebuilt(cls: type[OrchestratorError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
-    error = cls.__new__(cls, *args)
-    error.args = args
+    error = cls.__new__(cls, *args)  # BaseException.__new__ sets `args`
     error.__dict__.update(state)
     return error
 

@@ -265,33 +265,30 @@ def _report_back(
     orchestrate_task: str,
     orchestration_queue: str,
 ) -> str:
-    queue = request.get("orchestration_queue_name") or orchestration_queue
+    destination = _destination(app, request.get("orchestration_queue_name") or orchestration_queue)
+    argsrepr = describe(request, event)
+    broker_id = request.get("workflow_orchestration_broker_id") or request.get(
+        "orchestration_broker_id"
+    )
     what = f"the {event} report of workflow {request.get('id')} step {request.get('current_step')}"
     patience = float(app.conf.get(REPORT_PATIENCE_SETTING, REPORT_PATIENCE_SECONDS))
     give_up = time.monotonic() + patience
     pause = 0.5
     while True:
         try:
-            return _send(
-                app,
-                orchestrate_task,
-                _destination(app, queue),
-                request,
-                describe(request, event),
-                request.get("workflow_orchestration_broker_id")
-                or request.get("orchestration_broker_id"),
-            )
-        except (PublishError, ManagerTransientError, *_OWN_BROKER_ERRORS) as exc:
-            # A broker restart takes seconds: wait it out here rather than have the
-            # step done again, and never spin on a broker that stays away.
-            if not isinstance(exc, (PublishError, ManagerTransientError)):
-                url = str(app.conf.broker_write_url or app.conf.broker_url or "")
-                exc = PublishError(f"this worker's broker failed: {publish_failure(exc, url)}")
-            if time.monotonic() + pause > give_up:
-                reason = f"{what} was not sent: {exc}"
-                logger.error("%s", reason)
-                raise ReportNotSent(reason) from None
-            logger.warning("%s was not sent, trying again in %.1f s: %s", what, pause, exc)
+            return _send(app, orchestrate_task, destination, request, argsrepr, broker_id)
+        except (PublishError, ManagerTransientError) as exc:
+            failure: Exception = exc
+        except _OWN_BROKER_ERRORS as exc:
+            url = str(app.conf.broker_write_url or app.conf.broker_url or "")
+            failure = PublishError(f"this worker's broker failed: {publish_failure(exc, url)}")
+        # A broker restart takes seconds: wait it out here rather than have the step
+        # done again, and never spin on a broker that stays away.
+        if time.monotonic() + pause > give_up:
+            reason = f"{what} was not sent: {failure}"
+            logger.error("%s", reason)
+            raise ReportNotSent(reason) from None
+        logger.warning("%s was not sent, trying again in %.1f s: %s", what, pause, failure)
         time.sleep(pause)
         pause = min(2 * pause, 5.0)
 
