@@ -5,6 +5,7 @@ shell that the end-to-end tests only see indirectly (and slowly)."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import subprocess
 import sys
@@ -101,6 +102,10 @@ class Shell:
 
 @pytest.fixture
 def shell() -> Shell:
+    return make_shell()
+
+
+def make_shell(**overrides: Any) -> Shell:
     settings = Settings(
         exchange_id="1",
         broker_id="1",
@@ -113,6 +118,7 @@ def shell() -> Shell:
         retry_backoff_seconds=1.0,
         retry_backoff_max=60.0,
         max_retries=5,
+        **overrides,
     )
     manager = MemoryManager({WID: stored_workflow()})
     publisher = RecordingPublisher(manager)
@@ -269,6 +275,38 @@ def test_the_worker_refuses_to_start_on_a_missing_setting(tmp_path: Path) -> Non
     assert result.stderr.strip().splitlines() == [
         "workflow-orchestrator: cannot start: setting EXCHANGE_ID: is required but not set"
     ]
+
+
+def age_memories(path: str, seconds: float) -> None:
+    """Move every memory of a lock file `seconds` into the past, as if written then."""
+    memories, _ = json.JSONDecoder().raw_decode(Path(path).read_text())
+    aged = {name: [value, written - seconds] for name, (value, written) in memories.items()}
+    Path(path).write_text(json.dumps(aged))
+
+
+def test_a_deadline_longer_than_a_day_still_fails_its_step() -> None:
+    """What is remembered of a workflow is forgotten after a day; a step's deadline may
+    be further away (`STEP_TIMEOUTS=deploy=36h`). Each poll of the deadline keeps the
+    step's record alive: without it the deadline, a day on, took the step for one that
+    started again, and the workflow of a dead worker stayed stuck."""
+    shell = make_shell(step_timeout_default=36 * 3600.0)
+    shell.run({"id": WID})
+    (deadline,) = [r for r in shell.publisher.requests if r.queue == shell.rt.settings.queue_name]
+    path = shell.rt.locks.path_for(WID)
+    for hours in range(4, 36, 4):  # a poll every 4 h (every 10 min in a real run)
+        age_memories(path, 4 * 3600)
+        shell.clock.now = T0 + timedelta(hours=hours)
+        assert "deadline of build in" in shell.run(deadline.payload, key=deadline.task_id)
+    age_memories(path, 4 * 3600)
+    shell.clock.now = T0 + timedelta(hours=36, seconds=1)
+    shell.run(deadline.payload, key=deadline.task_id)
+    saved = shell.manager.workflows[WID]
+    assert saved["workflow_completed"] is True and saved["workflow_error"] is True
+    assert any(
+        # 36 h is 1.5 days, rounded half away from zero (CONTRACT 7.3)
+        "Reason: Milestone worker did not report back within 2 day(s)" in line
+        for line in saved["event_log"]
+    )
 
 
 def test_a_deadline_sees_the_clock_move_until_it_is_due(shell: Shell) -> None:
