@@ -284,6 +284,19 @@ def age_memories(path: str, seconds: float) -> None:
     Path(path).write_text(json.dumps(aged))
 
 
+def deadline_of(shell: Shell) -> Any:
+    """The deadline message the start's dispatch published to the orchestration queue."""
+    (deadline,) = [r for r in shell.publisher.requests if r.queue == shell.rt.settings.queue_name]
+    return deadline
+
+
+def assert_failed_by_its_deadline(shell: Shell, duration: str) -> None:
+    saved = shell.manager.workflows[WID]
+    assert saved["workflow_completed"] is True and saved["workflow_error"] is True
+    reason = f"Reason: Milestone worker did not report back within {duration}"
+    assert any(reason in line for line in saved["event_log"])
+
+
 def test_a_deadline_longer_than_a_day_still_fails_its_step() -> None:
     """What is remembered of a workflow is forgotten after a day; a step's deadline may
     be further away (`STEP_TIMEOUTS=deploy=36h`). Each poll of the deadline keeps the
@@ -291,7 +304,7 @@ def test_a_deadline_longer_than_a_day_still_fails_its_step() -> None:
     started again, and the workflow of a dead worker stayed stuck."""
     shell = make_shell(step_timeout_default=36 * 3600.0)
     shell.run({"id": WID})
-    (deadline,) = [r for r in shell.publisher.requests if r.queue == shell.rt.settings.queue_name]
+    deadline = deadline_of(shell)
     path = shell.rt.locks.path_for(WID)
     for hours in range(4, 36, 4):  # a poll every 4 h (every 10 min in a real run)
         age_memories(path, 4 * 3600)
@@ -300,26 +313,15 @@ def test_a_deadline_longer_than_a_day_still_fails_its_step() -> None:
     age_memories(path, 4 * 3600)
     shell.clock.now = T0 + timedelta(hours=36, seconds=1)
     shell.run(deadline.payload, key=deadline.task_id)
-    saved = shell.manager.workflows[WID]
-    assert saved["workflow_completed"] is True and saved["workflow_error"] is True
-    assert any(
-        # 36 h is 1.5 days, rounded half away from zero (CONTRACT 7.3)
-        "Reason: Milestone worker did not report back within 2 day(s)" in line
-        for line in saved["event_log"]
-    )
+    assert_failed_by_its_deadline(shell, "2 day(s)")  # 1.5 days, rounded half up (7.3)
 
 
 def test_a_deadline_sees_the_clock_move_until_it_is_due(shell: Shell) -> None:
     shell.run({"id": WID})
-    (deadline,) = [r for r in shell.publisher.requests if r.queue == shell.rt.settings.queue_name]
+    deadline = deadline_of(shell)
     for minutes in (60, 120):
         shell.clock.now = T0 + timedelta(minutes=minutes)
         assert "deadline of build in" in shell.run(deadline.payload, key=deadline.task_id)
     shell.clock.now = T0 + timedelta(hours=3, seconds=1)
     shell.run(deadline.payload, key=deadline.task_id)
-    saved = shell.manager.workflows[WID]
-    assert saved["workflow_completed"] is True and saved["workflow_error"] is True
-    assert any(
-        "Reason: Milestone worker did not report back within 3 hour(s)" in line
-        for line in saved["event_log"]
-    )
+    assert_failed_by_its_deadline(shell, "3 hour(s)")
