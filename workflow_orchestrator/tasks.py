@@ -210,7 +210,8 @@ def _transition(
         # day after it was written: each poll writes it again, or a deadline further
         # than a day away would find it gone, take the step for one started again, and
         # never fire. Before the publish: a failed write then sends nothing.
-        rt.locks.remember(workflow_id, {"dispatch": json.dumps(last_dispatch)})
+        if last_dispatch is not None:
+            rt.locks.remember(workflow_id, {"dispatch": json.dumps(last_dispatch)})
         published = [rt.publisher.worker_request(effect) for effect in decision.before_save]
         return _line(workflow_id, decision.summary, published)
     if decision.outcome is Outcome.DUPLICATE:
