@@ -53,6 +53,10 @@ WEIRD_IDS = [
 ]
 
 
+DAY = 86400
+WEEK = 7 * DAY
+
+
 @pytest.fixture
 def wf_id() -> str:
     return f"wf-{uuid.uuid4()}"
@@ -424,8 +428,8 @@ def test_redis_memories_written_together_are_read_by_the_next_holder(redis_url: 
         assert second.recall(wid, "published") == "state-a t1"
         assert second.recall(wid, "dispatch") == '{"step": "build"}'
         assert second.recall(wid, "other") is None
-    for name in ("published", "dispatch"):  # each forgotten after a day, like the files'
-        assert 0 < second.client.ttl(second._memory_key(wid, name)) <= 86400
+    for name, lifetime in (("published", DAY), ("dispatch", WEEK)):  # like the files'
+        assert lifetime - 60 < second.client.ttl(second._memory_key(wid, name)) <= lifetime
 
 
 def test_file_memories_outlive_their_holder_in_the_lock_file(tmp_path: Path) -> None:
@@ -466,6 +470,30 @@ def test_file_memories_survive_a_torn_write_and_expire_after_a_day(tmp_path: Pat
     assert locks.recall(wid, "published") == "s y"
 
 
+def test_the_dispatch_record_outlives_the_other_memories(tmp_path: Path) -> None:
+    """An operator may retry a workflow that failed days ago: its last dispatch record
+    is kept a week, the other memories (a redo's clock, what was published) a day."""
+    locks = FileLocks(str(tmp_path), wait=1)
+    wid = f"wf-{uuid.uuid4()}"
+    with locks.hold(wid):
+        locks.remember(wid, {"published": "s t", "dispatch": '{"step": "build"}'})
+    age_lock_file(locks.path_for(wid), 2 * DAY)
+    assert locks.recall(wid, "published") is None
+    assert locks.recall(wid, "dispatch") == '{"step": "build"}'
+    assert locks.sweep() == 0  # the file is kept while the record is
+    age_lock_file(locks.path_for(wid), WEEK + 60)
+    assert locks.recall(wid, "dispatch") is None
+
+
+def test_redis_keeps_the_dispatch_record_a_week(redis_url: str) -> None:
+    locks = RedisLocks(redis_url, timeout=5, wait=1)
+    wid = f"wf-{uuid.uuid4()}"
+    with locks.hold(wid):
+        locks.remember(wid, {"published": "s t", "dispatch": '{"step": "build"}'})
+    assert DAY < locks.client.ttl(locks._memory_key(wid, "dispatch")) <= WEEK
+    assert 0 < locks.client.ttl(locks._memory_key(wid, "published")) <= DAY
+
+
 def test_file_memories_larger_than_one_read_are_read_whole(tmp_path: Path, monkeypatch) -> None:
     """A lock file is read without an fstat to size the read: memories longer than one
     read (and exactly one read long) come back whole."""
@@ -488,10 +516,8 @@ def test_file_memories_larger_than_one_read_are_read_whole(tmp_path: Path, monke
 
 # -- the sweep of the lock directory -------------------------------------------------------
 
-DAY = 86400
 
-
-def test_sweep_removes_what_is_unwritten_for_a_day_and_nothing_else(
+def test_sweep_removes_what_is_unwritten_for_a_week_and_nothing_else(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     locks = FileLocks(str(tmp_path), wait=1)
@@ -499,16 +525,16 @@ def test_sweep_removes_what_is_unwritten_for_a_day_and_nothing_else(
     for wid in (old, recent, held):
         with locks.hold(wid):
             locks.remember(wid, {"published": "s t"})
-    age_lock_file(locks.path_for(old), DAY + 60)
-    age_lock_file(locks.path_for(recent), DAY - 600)
-    age_lock_file(locks.path_for(held), DAY + 60)
+    age_lock_file(locks.path_for(old), WEEK + 60)
+    age_lock_file(locks.path_for(recent), 2 * DAY)  # kept: a lock file lives a week
+    age_lock_file(locks.path_for(held), WEEK + 60)
     locks.count_delivery("old-message")
     locks.count_delivery("new-message")
     age_lock_file(locks._delivery_path("old-message"), DAY + 60)
     restored = f"wf-{uuid.uuid4()}"  # a memory newer than the file's time: kept
     with locks.hold(restored):
         locks.remember(restored, {"published": "s t"})
-    then = time.time() - DAY - 60
+    then = time.time() - WEEK - 60
     os.utime(locks.path_for(restored), (then, then))
     other = tmp_path / "not-a-lock-file"
     other.write_text("kept")
@@ -523,11 +549,11 @@ def test_sweep_removes_what_is_unwritten_for_a_day_and_nothing_else(
         assert os.path.exists(locks.path_for(kept))
     assert os.path.exists(locks._delivery_path("new-message"))
     assert other.read_text() == "kept"
-    assert f"removed 2 lock files unused for a day from {tmp_path}" in caplog.text
+    assert f"removed 2 lock files no longer needed from {tmp_path}" in caplog.text
     assert locks.sweep() == 1  # the one held then: nobody holds it now
     assert os.path.exists(locks.path_for(recent))
     assert locks.sweep() == 0
-    # the swept workflow starts afresh: its day-old memories were forgotten anyway
+    # the swept workflow starts afresh: its week-old memories were forgotten anyway
     with locks.hold(old):
         assert locks.recall(old, "published") is None
     assert locks.count_delivery("old-message") == 1
@@ -535,7 +561,7 @@ def test_sweep_removes_what_is_unwritten_for_a_day_and_nothing_else(
 
 
 def test_a_holder_that_locked_a_file_swept_under_it_takes_the_new_one(tmp_path: Path) -> None:
-    """The race the sweep must survive: a holder opens a day-old lock file, a sweep
+    """The race the sweep must survive: a holder opens a week-old lock file, a sweep
     removes it before the holder locks it, the holder then locks a file nobody else can
     find. It must notice and take the file at the path, or two holders would coexist."""
     wid = f"wf-{uuid.uuid4()}"
@@ -543,7 +569,7 @@ def test_a_holder_that_locked_a_file_swept_under_it_takes_the_new_one(tmp_path: 
     with seed.hold(wid):
         seed.remember(wid, {"published": "s t"})
     path = seed.path_for(wid)
-    age_lock_file(path, DAY + 60)
+    age_lock_file(path, WEEK + 60)
     swept: list[int] = []
 
     class SweptBeforeLocking(FileLocks):

@@ -115,26 +115,26 @@ def test_heartbeat_every_interval_then_inactive_on_warm_stop(
     assert record["status"] == "inactive"
 
 
-def test_the_worker_sweeps_lock_files_unused_for_a_day(settings: Settings) -> None:
+def test_the_worker_sweeps_lock_files_unused_for_a_week(settings: Settings) -> None:
     """One lock file per workflow ever run would fill the lock directory: the worker
-    removes, at start and every hour, those unwritten for a day."""
+    removes, at start and every hour, those unwritten for a week."""
     locks = FileLocks(settings.lock_dir, wait=1)
     old, recent = f"wf-{uuid.uuid4()}", f"wf-{uuid.uuid4()}"
     for wid in (old, recent):
         with locks.hold(wid):
             locks.remember(wid, {"published": "state task"})
-    age_lock_file(locks.path_for(old), 86400 + 60)
+    age_lock_file(locks.path_for(old), 7 * 86400 + 60)
     process = OrchestratorProcess(settings.to_env()).start()
     try:
         wait_for(
             lambda: not os.path.exists(locks.path_for(old)) or not process.alive(),
             60,
-            "the day-old lock file to be swept",
+            "the week-old lock file to be swept",
         )
         assert process.alive(), process.log()
         assert os.path.exists(locks.path_for(recent))
         wait_for(
-            lambda: "removed 1 lock files unused for a day" in process.log(),
+            lambda: "removed 1 lock files no longer needed" in process.log(),
             30,
             "the sweep's log line",
         )

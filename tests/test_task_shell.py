@@ -297,23 +297,23 @@ def assert_failed_by_its_deadline(shell: Shell, duration: str) -> None:
     assert any(reason in line for line in saved["event_log"])
 
 
-def test_a_deadline_longer_than_a_day_still_fails_its_step() -> None:
-    """What is remembered of a workflow is forgotten after a day; a step's deadline may
-    be further away (`STEP_TIMEOUTS=deploy=36h`). Each poll of the deadline keeps the
-    step's record alive: without it the deadline, a day on, took the step for one that
-    started again, and the workflow of a dead worker stayed stuck."""
-    shell = make_shell(step_timeout_default=36 * 3600.0)
+def test_a_deadline_further_than_its_record_lasts_still_fails_its_step() -> None:
+    """The record of a workflow's last dispatch is forgotten a week after it was written;
+    a step's deadline may be further away (`STEP_TIMEOUTS=deploy=200h`). Each poll of
+    the deadline keeps the record alive: without it the deadline, a week on, took the
+    step for one that started again, and the workflow of a dead worker stayed stuck."""
+    shell = make_shell(step_timeout_default=200 * 3600.0)
     shell.run({"id": WID})
     deadline = deadline_of(shell)
     path = shell.rt.locks.path_for(WID)
-    for hours in range(4, 36, 4):  # a poll every 4 h (every 10 min in a real run)
-        age_memories(path, 4 * 3600)
+    for hours in range(24, 200, 24):  # a poll a day (every 10 min in a real run)
+        age_memories(path, 24 * 3600)
         shell.clock.now = T0 + timedelta(hours=hours)
         assert "deadline of build in" in shell.run(deadline.payload, key=deadline.task_id)
-    age_memories(path, 4 * 3600)
-    shell.clock.now = T0 + timedelta(hours=36, seconds=1)
+    age_memories(path, 24 * 3600)
+    shell.clock.now = T0 + timedelta(hours=200, seconds=1)
     shell.run(deadline.payload, key=deadline.task_id)
-    assert_failed_by_its_deadline(shell, "2 day(s)")  # 1.5 days, rounded half up (7.3)
+    assert_failed_by_its_deadline(shell, "1 week(s)")  # 8.3 days (CONTRACT 7.3)
 
 
 def test_a_deadline_sees_the_clock_move_until_it_is_due(shell: Shell) -> None:

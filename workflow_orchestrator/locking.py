@@ -40,11 +40,17 @@ REDIS_DELIVERY_PREFIX = "workflow-orchestrator:deliveries:"
 REDIS_TIME_PREFIX = "workflow-orchestrator:transition-time:"
 #: `workflow-orchestrator:memory:{name}:{workflow id}`: what `remember` keeps.
 REDIS_MEMORY_PREFIX = "workflow-orchestrator:memory:"
-#: How long a redelivery count is remembered.
+#: How long a redelivery count, and a workflow's memory, is remembered.
 DELIVERY_MEMORY_SECONDS = 86400.0
+#: Memories kept longer than a day: the record of a workflow's last dispatch, which an
+#: operator's retry of a workflow that failed days ago needs (its `notifications_config`
+#: and durations, which the Manager does not store).
+MEMORY_SECONDS: Mapping[str, float] = {"dispatch": 7 * 86400.0}
+#: A lock file unwritten this long holds nothing anybody needs: the sweep removes it.
+LOCK_FILE_SECONDS = max(DELIVERY_MEMORY_SECONDS, *MEMORY_SECONDS.values())
 #: A holder whose lock file holds a memory written this recently knows no sweep can
-#: have removed the file (a sweep removes only files unwritten for a day): the hour
-#: spares that check a clock read late by the sweep.
+#: have removed the file (a sweep removes only files unwritten for LOCK_FILE_SECONDS,
+#: at least a day): the hour spares that check a clock read late by the sweep.
 _SURELY_KEPT_SECONDS = DELIVERY_MEMORY_SECONDS - 3600.0
 #: Directory entries a sweep looks at before it pauses (`_SWEEP_PAUSE` seconds), so a
 #: lock directory of millions of files never takes the pool threads' GIL for long.
@@ -104,7 +110,8 @@ class WorkflowLocks(Protocol):
         ...
 
     def recall(self, workflow_id: str, name: str) -> str | None:
-        """What was remembered under `name` for this workflow (within a day), or None."""
+        """What was remembered under `name` for this workflow, or None: forgotten after
+        a day (`MEMORY_SECONDS` names those kept longer)."""
         ...
 
     def remember(self, workflow_id: str, memories: Mapping[str, str]) -> None:
@@ -113,7 +120,7 @@ class WorkflowLocks(Protocol):
         ...
 
     def sweep(self) -> int:
-        """Remove what no workflow needs any more (everything it keeps is a day old and
+        """Remove what no workflow needs any more (everything it keeps is forgotten and
         nobody holds it); return how many entries went."""
         ...
 
@@ -202,10 +209,11 @@ class _HeldFile:
         return False
 
     def fresh(self, name: str) -> str | None:
-        """The memory `name` when it was written within a day, else None."""
+        """The memory `name` unless forgotten (a day, or its `MEMORY_SECONDS`), else None."""
         entry = self.memories.get(name)
         written = _written_at(entry)
-        if written is None or time.time() - written >= DELIVERY_MEMORY_SECONDS:
+        lifetime = MEMORY_SECONDS.get(name, DELIVERY_MEMORY_SECONDS)
+        if written is None or time.time() - written >= lifetime:
             return None
         return entry[0]
 
@@ -333,8 +341,9 @@ class FileLocks:
             except BaseException:
                 os.close(fd)
                 raise
-            # A sweep removed the file between our open and our lock (it was unused for a
-            # day): this lock guards nothing; the path's new file is the one to take.
+            # A sweep removed the file between our open and our lock (it was unused for
+            # LOCK_FILE_SECONDS): this lock guards nothing; the path's new file is the
+            # one to take.
             os.close(fd)
         holding = self._holding()
         holding[workflow_id] = held
@@ -346,7 +355,7 @@ class FileLocks:
             # call needed). The lock file is NOT deleted here: another acquirer may
             # already have opened this inode and would then lock a file nobody else can
             # find, while a third opens a fresh file at the same path -> two holders.
-            # Only `sweep` deletes, a day later, and `hold` checks for that case.
+            # Only `sweep` deletes, days later, and `hold` checks for that case.
             os.close(fd)
 
     def _holding(self) -> dict[str, _HeldFile]:
@@ -421,20 +430,21 @@ class FileLocks:
             held.keep(workflow_id, memories)
 
     def sweep(self, now: float | None = None) -> int:
-        """Remove the lock files, and the redelivery counters, unwritten for a day: what
-        they keep is forgotten by then (`_HeldFile.fresh`), and without this a host
-        would keep one file per workflow it ever ran. Returns how many went.
+        """Remove the lock files unwritten for `LOCK_FILE_SECONDS` (a week) and the
+        redelivery counters unwritten for a day: what they keep is forgotten by then
+        (`_HeldFile.fresh`), and without this a host would keep one file per workflow
+        it ever ran. Returns how many went.
 
         Safe against every holder: a file is removed only while the sweep holds its
         lock, and only if it is still the file at its path (another sweep may have
         removed it first); a holder that locked a file it found unwritten for a day
         makes sure the file is still linked, or takes the path's new one (`hold`)."""
-        cutoff = (time.time() if now is None else now) - DELIVERY_MEMORY_SECONDS
-        removed = 0
-        for directory in (self.directory, os.path.join(self.directory, "deliveries")):
-            removed += _sweep_directory(directory, cutoff)
+        now = time.time() if now is None else now
+        removed = _sweep_directory(self.directory, now - LOCK_FILE_SECONDS)
+        deliveries = os.path.join(self.directory, "deliveries")
+        removed += _sweep_directory(deliveries, now - DELIVERY_MEMORY_SECONDS)
         if removed:
-            log.info("removed %d lock files unused for a day from %s", removed, self.directory)
+            log.info("removed %d lock files no longer needed from %s", removed, self.directory)
         return removed
 
     def _acquire(self, workflow_id: str, fd: int, deadline: float) -> None:
@@ -554,7 +564,7 @@ class RedisLocks:
                     pipe.set(
                         self._memory_key(workflow_id, name),
                         value.encode("utf-8", "surrogatepass"),
-                        ex=int(DELIVERY_MEMORY_SECONDS),
+                        ex=int(MEMORY_SECONDS.get(name, DELIVERY_MEMORY_SECONDS)),
                     )
                 pipe.execute()
         except RedisError as exc:

@@ -56,7 +56,7 @@ SETTINGS_DOC: dict[str, tuple[Any, str]] = {
     "LOCK_URL": ("", "Empty: file locks under LOCK_DIR (one host); `redis://...`: Redis locks"),
     "LOCK_DIR": (
         "",
-        "Directory of the file locks, one per workflow, removed once unwritten for a day;"
+        "Directory of the file locks, one per workflow, removed once unwritten for a week;"
         " empty means the temp dir",
     ),
     "LOCK_TIMEOUT": (60.0, "Seconds a Redis lock lives if its holder dies"),

@@ -152,7 +152,7 @@ LOCK_SWEEP_SECONDS = 3600.0
 
 class LockSweeper(_InTheBackground):
     """Remove, at start and every hour, the lock files no workflow needs any more
-    (unwritten for a day: `FileLocks.sweep`); with Redis locks there is nothing to do.
+    (unwritten for a week: `FileLocks.sweep`); with Redis locks there is nothing to do.
     In its own thread, so a large backlog never delays the worker's start."""
 
     thread_name = "lock-sweeper"
