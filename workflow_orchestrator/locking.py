@@ -70,6 +70,11 @@ _DECODER = json.JSONDecoder()
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
+def memory_lifetime(name: str) -> float:
+    """Seconds a memory called `name` is remembered, by the files and by Redis alike."""
+    return MEMORY_SECONDS.get(name, DELIVERY_MEMORY_SECONDS)
+
+
 class LockTimeout(OrchestratorError):
     """The workflow's lock stayed taken for `wait` seconds; the caller retries the task."""
 
@@ -212,8 +217,7 @@ class _HeldFile:
         """The memory `name` unless forgotten (a day, or its `MEMORY_SECONDS`), else None."""
         entry = self.memories.get(name)
         written = _written_at(entry)
-        lifetime = MEMORY_SECONDS.get(name, DELIVERY_MEMORY_SECONDS)
-        if written is None or time.time() - written >= lifetime:
+        if written is None or time.time() - written >= memory_lifetime(name):
             return None
         return entry[0]
 
@@ -564,7 +568,7 @@ class RedisLocks:
                     pipe.set(
                         self._memory_key(workflow_id, name),
                         value.encode("utf-8", "surrogatepass"),
-                        ex=int(MEMORY_SECONDS.get(name, DELIVERY_MEMORY_SECONDS)),
+                        ex=int(memory_lifetime(name)),
                     )
                 pipe.execute()
         except RedisError as exc:

@@ -207,9 +207,9 @@ def _transition(
         return _line(workflow_id, decision.summary)
     if decision.outcome is Outcome.REQUEUE:
         # A deadline not yet due matched the remembered dispatch, which is forgotten a
-        # day after it was written: each poll writes it again, or a deadline further
-        # than a day away would find it gone, take the step for one started again, and
-        # never fire. Before the publish: a failed write then sends nothing.
+        # week after it was written (`locking.MEMORY_SECONDS`): each poll writes it
+        # again, or a deadline further away would find it gone, take the step for one
+        # started again, and never fire. Before the publish: a failed write sends nothing.
         if last_dispatch is not None:
             rt.locks.remember(workflow_id, {"dispatch": json.dumps(last_dispatch)})
         published = [rt.publisher.worker_request(effect) for effect in decision.before_save]
